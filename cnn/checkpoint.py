@@ -1,0 +1,218 @@
+"""Resumable training state and the checkpoint directory that holds it.
+
+`TrainState` is the one checkpointable object: model, optimizer, step counter,
+Dropout's seed-generator states and the current epoch's metric accumulators.
+`CheckpointDir` wraps `tf.train.CheckpointManager` with what TensorFlow does
+not do itself: a lock against a second writer, a record of the run identity
+that refuses mismatched weights, and falling back past a corrupt latest file.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import keras
+import tensorflow as tf
+
+from cnn.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+IDENTITY_FILE = "run.json"
+LOCK_FILE = ".lock"
+
+
+
+
+class TrainState:
+    """Everything a run needs to continue exactly where it stopped.
+
+    Attributes:
+      model, optimizer: the Keras model and its (built) optimizer.
+      step: int64 count of training steps taken.
+      nonfinite_step: first step whose loss was NaN/Inf, or -1 (never saved).
+      loss, accuracy: the running epoch's Keras metrics.
+      checkpoint: the tf.train.Checkpoint over all of the above.
+    """
+
+    def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer):
+        self.model, self.optimizer = model, optimizer
+        # Keras 3 optimizers create slots lazily; build now so a restore fills them.
+        optimizer.build(model.trainable_variables)
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.nonfinite_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
+        self.loss = keras.metrics.Mean(name="loss")
+        self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        weights = {id(w) for w in model.weights}
+        self.checkpoint = tf.train.Checkpoint(
+            model=model, optimizer=optimizer, step=self.step,
+            # Dropout's SeedGenerator states: in model.variables, not model.weights,
+            # and not saved with the model.
+            rng=[v for v in model.variables if id(v) not in weights],
+            metrics=[v for m in (self.loss, self.accuracy) for v in m.variables],
+        )
+
+    def reset_metrics(self) -> None:
+        self.loss.reset_state()
+        self.accuracy.reset_state()
+
+
+def _differences(saved: dict, current: dict) -> list[str]:
+    keys = sorted(set(saved) | set(current))
+    return [f"{k}: {saved.get(k, '<absent>')!r} there, {current.get(k, '<absent>')!r} here"
+            for k in keys if saved.get(k, "<absent>") != current.get(k, "<absent>")]
+
+
+def check_identity(directory: Path, identity: dict) -> None:
+    """Raises CheckpointError when `directory` was written by a run of another identity."""
+    path = directory / IDENTITY_FILE
+    if not path.exists():
+        return
+    try:
+        saved = json.loads(path.read_text())["identity"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: unreadable ({e}); it records which run owns {directory}. "
+                              "Fix it or pass checkpoint.dir=<another dir>") from None
+    diff = _differences(saved, identity)
+    if diff:
+        raise CheckpointError(f"{directory} holds checkpoints of a different run ({'; '.join(diff)}); "
+                              "refusing to load mismatched weights. Pass checkpoint.dir=<another dir>, "
+                              "or the settings of that run")
+
+
+class DirectoryLock:
+    """An exclusive lock on a checkpoint directory, held by one process.
+
+    flock is released by the kernel when its owner dies, so a killed run never
+    leaves a stale lock behind; the file records the owner's pid for the message.
+    """
+
+    def __init__(self, directory: Path):
+        self.path = directory / LOCK_FILE
+        self._fd: Optional[int] = None
+
+    def __enter__(self):
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise CheckpointError(f"{self.path.parent} is in use by another training process "
+                                  f"(pid {owner}); wait for it to finish or stop it") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self._fd)  # closing releases the flock
+        self._fd = None
+
+
+def checkpoint_paths(directory: Path) -> list[str]:
+    """Checkpoint prefixes in `directory`, oldest first, from the files themselves.
+
+    Not from the `checkpoint` state file alone, so a damaged state file does not
+    hide the checkpoints that are still good.
+    """
+    prefixes = [p.with_suffix("") for p in directory.glob("ckpt-*.index")]
+    numbered = [(int(p.name.split("-")[1]), str(p)) for p in prefixes if p.name.split("-")[1].isdigit()]
+    return [path for _, path in sorted(numbered)]
+
+
+def restore(checkpoint: tf.train.Checkpoint, path: str) -> None:
+    """Restores `path` into `checkpoint`, checking that every saved value found its variable."""
+    checkpoint.restore(path).assert_consumed()
+
+
+def restore_latest(checkpoint: tf.train.Checkpoint, directory: Path) -> Optional[str]:
+    """Restores the newest usable checkpoint in `directory`, falling back past broken ones.
+
+    Broken checkpoints newer than the restored one are moved into `broken/`, so the
+    next save cannot be ordered behind them. Returns the restored path, or None when
+    the directory has no checkpoint. Raises CheckpointError when none can be restored
+    (and then moves nothing).
+    """
+    paths = checkpoint_paths(directory)
+    broken = []
+    for path in reversed(paths):
+        try:
+            restore(checkpoint, path)
+        except (tf.errors.OpError, ValueError, AssertionError) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            log.warning("checkpoint %s is unusable (%s); trying the one before it", path, reason[:300])
+            broken.append(path)
+            continue
+        for bad in broken:
+            _move_into(directory / "broken", bad)
+        _write_state_file(directory)
+        return path
+    if paths:
+        raise CheckpointError(f"no usable checkpoint in {directory} ({len(paths)} tried); "
+                              "pass resume=never to start over (the old ones are moved aside)")
+    return None
+
+
+def _move_into(folder: Path, prefix: str) -> None:
+    folder.mkdir(exist_ok=True)
+    for f in Path(prefix).parent.glob(Path(prefix).name + ".*"):
+        os.replace(f, folder / f.name)
+    log.warning("moved the unusable checkpoint %s into %s", prefix, folder)
+
+
+def _write_state_file(directory: Path) -> None:
+    """Rewrites TensorFlow's `checkpoint` state file (a CheckpointState text proto) from the
+    checkpoint files present, when it is missing, unreadable or lists other files."""
+    names = [Path(p).name for p in checkpoint_paths(directory)]
+    if not names:
+        return
+    try:
+        state = tf.train.get_checkpoint_state(str(directory))
+        listed = [Path(p).name for p in state.all_model_checkpoint_paths] if state else []
+    except (tf.errors.OpError, ValueError):  # garbled text proto
+        listed = []
+    if listed != names:
+        lines = [f'model_checkpoint_path: "{names[-1]}"'] + [f'all_model_checkpoint_paths: "{n}"' for n in names]
+        atomic_write(directory / "checkpoint", "\n".join(lines) + "\n")
+
+
+def move_aside_contents(directory: Path) -> Path:
+    """Moves everything in a checkpoint directory (but its lock) to a new sibling; returns it."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    target = directory.with_name(f"{directory.name}.old-{stamp}")
+    n = 1
+    while target.exists():
+        target = directory.with_name(f"{directory.name}.old-{stamp}-{n}")
+        n += 1
+    target.mkdir()
+    for entry in directory.iterdir():
+        if entry.name != LOCK_FILE:
+            os.replace(entry, target / entry.name)
+    return target
+
+
+def write_identity(directory: Path, identity: dict, run_name: str) -> None:
+    path = directory / IDENTITY_FILE
+    if not path.exists():
+        atomic_write(path, json.dumps({"run_name": run_name, "identity": identity}, indent=2) + "\n")
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Writes `text` to `path` so that a crash leaves the old or the new file, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def make_manager(state: TrainState, directory: Path, keep: int) -> tf.train.CheckpointManager:
+    """A CheckpointManager saving `ckpt-<step>` files into `directory`, keeping the last `keep`."""
+    _write_state_file(directory)  # also repairs a garbled state file
+    return tf.train.CheckpointManager(state.checkpoint, str(directory), max_to_keep=keep,
+                                      step_counter=state.step)

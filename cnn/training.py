@@ -1,0 +1,322 @@
+"""The training loop, in the book's vocabulary.
+
+`loss_fn`, `grad` and `train_step` are small pure functions of (model,
+optimizer, batch) that can be wrapped: compiled here with `tf.function`, later
+looped several times per call or run under a distribution strategy.
+`train_and_evaluate` is the outer Python loop: checkpoint cadence, logging,
+metrics files. Everything a resumed run needs lives in one `TrainState`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import keras
+import tensorflow as tf
+
+from cnn import data as data_lib
+from cnn import history
+from cnn.checkpoint import (DirectoryLock, TrainState, check_identity,
+                            checkpoint_paths, make_manager, move_aside_contents, restore,
+                            restore_latest, write_identity)
+from cnn.config import Config, identity, run_name
+from cnn.errors import CheckpointError, ConfigError, TrainingError
+from cnn.models import MODELS, create_model
+
+log = logging.getLogger(__name__)
+
+
+# --- The book's functions ----------------------------------------------------------
+
+def loss_fn(model, images, labels, training=False):
+    """Mean softmax cross-entropy on the model's logits. Returns (loss, logits)."""
+    logits = tf.cast(model(images, training=training), tf.float32)  # (B, classes)
+    losses = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    return tf.reduce_mean(losses), logits
+
+
+def grad(model, images, labels):
+    """Loss, logits and the gradients of the loss for the trainable variables."""
+    with tf.GradientTape() as tape:
+        loss, logits = loss_fn(model, images, labels, training=True)
+    return loss, logits, tape.gradient(loss, model.trainable_variables)
+
+
+def train_step(model, optimizer, batch):
+    """One optimizer update on `batch` = (images, labels). Returns (loss, logits)."""
+    images, labels = batch
+    loss, logits, grads = grad(model, images, labels)
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    return loss, logits
+
+
+def make_train_step(state: TrainState, element_spec) -> Callable:
+    """Compiles `train_step` on `state`, also updating the epoch metrics and the step counter.
+
+    The input signature has a free batch dimension, so the smaller last batch of an
+    epoch does not retrace: one trace per run.
+    """
+    @tf.function(input_signature=[element_spec])
+    def step(batch):
+        loss, logits = train_step(state.model, state.optimizer, batch)
+        labels = batch[1]
+        state.loss.update_state(loss, sample_weight=tf.cast(tf.shape(labels)[0], tf.float32))
+        state.accuracy.update_state(labels, logits)
+        state.step.assign_add(1)
+        # Remember the first step whose loss was not finite; read at save points only.
+        first_bad = tf.logical_and(tf.logical_not(tf.math.is_finite(loss)), state.nonfinite_step < 0)
+        state.nonfinite_step.assign(tf.where(first_bad, state.step, state.nonfinite_step))
+
+    return step
+
+
+def make_evaluate(model, element_spec) -> Callable:
+    """Returns `evaluate(dataset) -> (loss, accuracy)` over a whole dataset, compiled once."""
+    loss_metric = keras.metrics.Mean()
+    accuracy = keras.metrics.SparseCategoricalAccuracy()
+
+    @tf.function(input_signature=[element_spec])
+    def eval_step(batch):
+        images, labels = batch
+        loss, logits = loss_fn(model, images, labels, training=False)
+        loss_metric.update_state(loss, sample_weight=tf.cast(tf.shape(labels)[0], tf.float32))
+        accuracy.update_state(labels, logits)
+
+    def evaluate(dataset):
+        loss_metric.reset_state()
+        accuracy.reset_state()
+        for batch in dataset:
+            eval_step(batch)
+        return float(loss_metric.result()), float(accuracy.result())
+
+    evaluate.eval_step = eval_step
+    return evaluate
+
+
+# --- Setting a run up --------------------------------------------------------------
+
+def checkpoint_dir(config: Config) -> Path:
+    """`checkpoint.dir`, or checkpoints/<run name> from the run's identity."""
+    if config.checkpoint.dir is not None:
+        return Path(config.checkpoint.dir).expanduser()
+    return Path("checkpoints") / run_name(config)
+
+
+def setup(config: Config) -> None:
+    """Fresh Keras state, seeds, and (optionally) deterministic ops, before anything is built."""
+    keras.backend.clear_session()  # jobs of a multirun share this process
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def create_state(config: Config, data: data_lib.Data) -> TrainState:
+    """The model (from the registry) and its Adam optimizer, wrapped in a TrainState."""
+    if config.model.name not in MODELS:
+        raise ConfigError(f"model.name={config.model.name}: unknown; known: {', '.join(sorted(MODELS))}")
+    model = create_model(config.model.name, data.image_shape, data.num_classes,
+                         dropout=config.model.dropout)
+    return TrainState(model, keras.optimizers.Adam(learning_rate=config.lr))
+
+
+def restore_or_start(config: Config, state: TrainState, directory: Path) -> Optional[str]:
+    """Applies `resume`: a given path, else the run's own latest checkpoint, else scratch.
+
+    Returns the restored checkpoint path, or None for a fresh start; logs which.
+    """
+    own = checkpoint_paths(directory)
+    if config.resume == "never":
+        if own:
+            log.info("resume=never: moved the existing checkpoints to %s", move_aside_contents(directory))
+        log.info("starting from scratch")
+        return None
+    if config.resume == "auto":
+        path = restore_latest(state.checkpoint, directory)
+        log.info("resumed from %s" % path if path else f"no checkpoint in {directory}: starting from scratch")
+        return path
+    if own:
+        raise CheckpointError(f"resume={config.resume}: {directory} already has checkpoints of its own; "
+                              "pass checkpoint.dir=<a new dir> to continue from that checkpoint there")
+    given = Path(config.resume).expanduser()
+    source = given if given.is_dir() else given.parent
+    check_identity(source, identity(config))
+    if given.is_dir():
+        path = restore_latest(state.checkpoint, given)
+        if path is None:
+            raise CheckpointError(f"resume={config.resume}: no checkpoint in that directory")
+    elif Path(str(given) + ".index").exists():
+        restore(state.checkpoint, str(given))
+        path = str(given)
+    else:
+        raise CheckpointError(f"resume={config.resume}: no such checkpoint "
+                              "(give a directory or a prefix like <dir>/ckpt-600)")
+    log.info("resumed from %s (resume=%s)", path, config.resume)
+    return path
+
+
+# --- The outer loop ----------------------------------------------------------------
+
+class Cadence:
+    """Decides when a mid-epoch checkpoint is due: every N steps and/or every M minutes."""
+
+    def __init__(self, every_n_steps: Optional[int], every_n_minutes: Optional[float]):
+        self.every_n_steps, self.every_n_minutes = every_n_steps, every_n_minutes
+        self.last = time.monotonic()
+
+    def due(self, step: int) -> bool:
+        by_steps = self.every_n_steps is not None and step % self.every_n_steps == 0
+        by_time = (self.every_n_minutes is not None
+                   and time.monotonic() - self.last >= 60 * self.every_n_minutes)
+        return by_steps or by_time
+
+    def saved(self) -> None:
+        self.last = time.monotonic()
+
+
+def check_finite(state: TrainState, manager) -> None:
+    """Stops the run if a loss was NaN/Inf; nothing is saved over the last good checkpoint."""
+    bad = int(state.nonfinite_step.numpy())
+    if bad >= 0:
+        raise TrainingError(f"the loss became NaN or Inf at step {bad}; stopped without saving "
+                            f"(latest good checkpoint: {manager.latest_checkpoint}). "
+                            "Lower lr or check the data")
+
+
+def save(state: TrainState, manager, step: int) -> None:
+    check_finite(state, manager)
+    manager.save(checkpoint_number=step)
+
+
+def _progress_bar(enabled: Optional[bool], steps: int, done: int):
+    if not (sys.stdout.isatty() if enabled is None else enabled):
+        return None
+    bar = keras.utils.Progbar(steps, stateful_metrics=["loss", "accuracy"])
+    bar.update(done)
+    return bar
+
+
+def train_epoch(state, step_fn, dataset, manager, cadence, start_step, steps_per_epoch, progress):
+    """Runs the batches of one epoch (or its remainder). Returns (steps run, images, seconds)."""
+    step, images = start_step, 0
+    bar = _progress_bar(progress, steps_per_epoch, start_step % steps_per_epoch)
+    every = max(1, steps_per_epoch // 50)
+    start = time.perf_counter()
+    for batch in dataset:
+        step_fn(batch)
+        step += 1
+        images += int(batch[1].shape[0])  # static shape: no device sync
+        if step % steps_per_epoch != 0 and cadence.due(step):
+            save(state, manager, step)
+            cadence.saved()
+        if bar is not None and (step % every == 0 or step % steps_per_epoch == 0):
+            bar.update(step - (step - 1) // steps_per_epoch * steps_per_epoch,
+                       [("loss", float(state.loss.result())), ("accuracy", float(state.accuracy.result()))])
+    return step - start_step, images, time.perf_counter() - start
+
+
+def _results(rows: list[dict], test_loss: float, test_accuracy: float, step: int, name: str,
+             directory: Path, manager) -> dict:
+    rates = [r["images_per_sec"] for r in rows if r["images_per_sec"] > 0]
+    return {
+        "test_accuracy": test_accuracy,
+        "test_loss": test_loss,
+        "epochs": rows[-1]["epoch"] if rows else 0,
+        "steps": step,
+        "train_images_per_sec": sum(rates) / len(rates) if rates else 0.0,
+        "run_name": name,
+        "checkpoint": manager.latest_checkpoint,
+        "checkpoint_dir": str(directory),
+    }
+
+
+def train_and_evaluate(config: Config, workdir: str | Path) -> dict:
+    """Trains one configured run to `config.epochs`, resuming from its checkpoints.
+
+    Writes metrics.csv and results.json into `workdir` (and the checkpoint
+    directory, which keeps the run's whole history). Returns the results.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    directory = checkpoint_dir(config)
+    directory.mkdir(parents=True, exist_ok=True)
+    setup(config)
+    data = data_lib.load(config.dataset.name, config.dataset.data_dir, config.dataset.download)
+    state = create_state(config, data)
+    spe = data_lib.steps_per_epoch(len(data.x_train), config.batch_size)
+    with DirectoryLock(directory):
+        check_identity(directory, identity(config))
+        restore_or_start(config, state, directory)
+        write_identity(directory, identity(config), run_name(config))
+        manager = make_manager(state, directory, config.checkpoint.keep)
+        step = int(state.step.numpy())
+        rows = [r for r in history.read_rows(directory / "metrics.csv") if r["epoch"] <= step // spe]
+        test_ds = data_lib.test_dataset(data.x_test, data.y_test)
+        evaluate = make_evaluate(state.model, test_ds.element_spec)
+        step_fn = make_train_step(state, test_ds.element_spec)
+        cadence = Cadence(config.checkpoint.every_n_steps, config.checkpoint.every_n_minutes)
+        log.info("run %s: %d examples, %d steps per epoch, checkpoints in %s",
+                 run_name(config), len(data.x_train), spe, directory)
+        test_loss = test_accuracy = None
+        while step < config.epochs * spe:
+            epoch = step // spe
+            if step % spe == 0:
+                state.reset_metrics()
+            dataset = data_lib.train_dataset(data.x_train, data.y_train, config.batch_size,
+                                             config.seed, epoch, skip_batches=step % spe)
+            ran, images, seconds = train_epoch(state, step_fn, dataset, manager, cadence, step, spe,
+                                               config.progress)
+            step += ran
+            test_loss, test_accuracy = evaluate(test_ds)
+            row = {"epoch": epoch + 1, "step": step, "loss": float(state.loss.result()),
+                   "accuracy": float(state.accuracy.result()), "test_loss": test_loss,
+                   "test_accuracy": test_accuracy, "lr": float(state.optimizer.learning_rate.numpy()),
+                   "seconds": seconds, "images_per_sec": images / seconds if seconds > 0 else 0.0}
+            log.info("epoch %d/%d  loss %.4f  accuracy %.4f  test loss %.4f  test accuracy %.4f  "
+                     "%.1f s  %.0f images/s", epoch + 1, config.epochs, row["loss"], row["accuracy"],
+                     test_loss, test_accuracy, seconds, row["images_per_sec"])
+            rows.append(row)
+            # The row goes first: if the save below never happens, the resumed run drops it.
+            history.write_rows(directory / "metrics.csv", rows)
+            history.write_rows(workdir / "metrics.csv", rows)
+            save(state, manager, step)
+            cadence.saved()
+        if test_loss is None:  # already trained that far: report the checkpoint as it is
+            log.info("already trained to epoch %d (step %d); evaluating only", step // spe, step)
+            test_loss, test_accuracy = evaluate(test_ds)
+            history.write_rows(workdir / "metrics.csv", rows)
+        results = _results(rows, test_loss, test_accuracy, step, run_name(config), directory, manager)
+    history.write_json(workdir / "results.json", results)
+    history.write_json(directory / "results.json", results)
+    log.info("test accuracy %.4f, test loss %.4f after %d steps", test_accuracy, test_loss, step)
+    return results
+
+
+def evaluate_checkpoint(config: Config, workdir: str | Path) -> dict:
+    """mode=eval: restores the run's checkpoint (or `resume=<path>`) and evaluates it on the test set."""
+    directory = checkpoint_dir(config)
+    setup(config)
+    data = data_lib.load(config.dataset.name, config.dataset.data_dir, config.dataset.download)
+    state = create_state(config, data)
+    if config.resume not in ("auto", "never"):
+        given = Path(config.resume).expanduser()
+        check_identity(given if given.is_dir() else given.parent, identity(config))
+        path = restore_latest(state.checkpoint, given) if given.is_dir() else (
+            restore(state.checkpoint, str(given)) or str(given))
+    else:
+        check_identity(directory, identity(config))
+        path = restore_latest(state.checkpoint, directory) if directory.is_dir() else None
+    if path is None:
+        raise CheckpointError(f"mode=eval: no checkpoint in {directory}; train first "
+                              "(same settings, mode=train) or pass resume=<checkpoint path>")
+    test_ds = data_lib.test_dataset(data.x_test, data.y_test)
+    test_loss, test_accuracy = make_evaluate(state.model, test_ds.element_spec)(test_ds)
+    results = {"checkpoint": path, "step": int(state.step.numpy()),
+               "test_loss": test_loss, "test_accuracy": test_accuracy}
+    log.info("%s (step %d): test loss %.4f, test accuracy %.4f", path, results["step"], test_loss, test_accuracy)
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    history.write_json(Path(workdir) / "eval.json", results)
+    return results

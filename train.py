@@ -1,0 +1,39 @@
+"""Trains (or evaluates) one configured run: `python train.py dataset=mnist lr=0.001`.
+
+The only Hydra entry point. It turns the composed config into a typed
+`cnn.config.Config` and calls `cnn.training`; TensorFlow is imported only
+once a run starts, so `--help` is instant.
+"""
+
+import logging
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from cnn.config import register_configs, to_config
+from cnn.errors import CnnError
+
+log = logging.getLogger("train")
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    """Runs one job; returns the test accuracy, the objective for sweepers."""
+    try:
+        config = to_config(cfg)
+        from cnn import training  # imports TensorFlow
+
+        workdir = HydraConfig.get().runtime.output_dir
+        if config.mode == "eval":
+            return training.evaluate_checkpoint(config, workdir)["test_accuracy"]
+        return training.train_and_evaluate(config, workdir)["test_accuracy"]
+    except CnnError as e:
+        log.error("%s", e)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
