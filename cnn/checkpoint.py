@@ -145,7 +145,7 @@ def restore_latest(checkpoint: tf.train.Checkpoint, directory: Path) -> Optional
     for path in reversed(paths):
         try:
             restore(checkpoint, path)
-        except (tf.errors.OpError, ValueError, AssertionError) as e:
+        except Exception as e:  # a damaged file fails in many ways (DataLossError, IndexError, ...)
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             log.warning("checkpoint %s is unusable (%s); trying the one before it", path, reason[:300])
             broken.append(path)

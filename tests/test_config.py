@@ -1,0 +1,81 @@
+"""Every config group composes; bad values and keys fail with a readable message."""
+
+import itertools
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ValidationError
+
+from cnn.config import ConfigError, identity, register_configs, run_name, to_config
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+register_configs()
+
+
+def load(*overrides):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def group_options(group):
+    return sorted(p.stem for p in (Path(CONF) / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("dataset,model", list(itertools.product(group_options("dataset"), group_options("model"))))
+def test_every_group_composes(dataset, model):
+    config = to_config(load(f"dataset={dataset}", f"model={model}"))
+    assert config.dataset.name == dataset and config.model.name == model
+
+
+def test_defaults_are_the_books():
+    config = to_config(load())
+    assert (config.dataset.name, config.model.name, config.lr, config.batch_size) == ("mnist", "book_cnn", 0.001, 100)
+    assert config.model.dropout == 0.4 and config.seed == 0
+
+
+@pytest.mark.parametrize("override,message", [
+    ("lr=abc", "could not be converted to Float"),
+    ("batch_sise=10", "batch_sise"),
+    ("dataset.data_dri=/x", "data_dri"),
+    ("epochs=1.5", "could not be converted to Integer"),
+])
+def test_bad_overrides_are_rejected(override, message):
+    with pytest.raises((ConfigCompositionException, ValidationError)) as e:
+        load(override)
+    assert message in str(e.value) + str(e.value.__cause__)
+
+
+def test_unknown_dataset_lists_the_options():
+    with pytest.raises(Exception) as e:
+        load("dataset=foo")
+    assert "fashion_mnist" in str(e.value)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("lr=0", "lr=0.0: must be > 0"),
+    ("lr=-1", "must be > 0"),
+    ("batch_size=0", "batch_size=0: must be >= 1"),
+    ("epochs=0", "epochs=0: must be >= 1"),
+    ("model.dropout=1.0", "model.dropout"),
+    ("mode=fit", "mode=fit"),
+    ("checkpoint.every_n_steps=0", "every_n_steps"),
+])
+def test_out_of_range_values(override, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        to_config(load(override))
+
+
+def test_identity_ignores_epochs_and_places():
+    a = to_config(load("epochs=1", "dataset.data_dir=/a", "checkpoint.every_n_steps=5"))
+    b = to_config(load("epochs=20"))
+    assert identity(a) == identity(b) and run_name(a) == run_name(b)
+    assert "lr" in identity(a) and "epochs" not in identity(a)
+
+
+def test_run_name_differs_with_the_hyperparameters():
+    names = {run_name(to_config(load(o))) for o in ("lr=0.01", "lr=0.001", "batch_size=64", "seed=1",
+                                                    "model.dropout=0.5", "dataset=fashion_mnist")}
+    assert len(names) == 6
+    assert run_name(to_config(load("lr=0.01"))).startswith("mnist-book_cnn-lr0.01-bs100-seed0-")

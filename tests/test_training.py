@@ -1,0 +1,213 @@
+"""The training loop: the compiled step, learning, checkpoints and resuming, in-process."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import SAMPLE, make_images
+
+from cnn import checkpoint, data, history, training
+from cnn.config import CheckpointConfig, Config, DatasetConfig, ModelConfig
+from cnn.errors import CheckpointError, TrainingError
+
+
+def make_config(tmp_path, data_dir=SAMPLE, **overrides) -> Config:
+    ckpt = overrides.pop("checkpoint", {})
+    return Config(dataset=DatasetConfig("mnist", str(data_dir)), model=ModelConfig("book_cnn", 0.4),
+                  lr=overrides.pop("lr", 0.001), epochs=overrides.pop("epochs", 1),
+                  batch_size=overrides.pop("batch_size", 100), progress=False,
+                  checkpoint=CheckpointConfig(dir=str(tmp_path / "ckpt"), **ckpt), **overrides)
+
+
+def variables(path) -> dict:
+    """Every value saved in a checkpoint, but the save counter (it counts saves, not steps)."""
+    reader = tf.train.load_checkpoint(str(path))
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+            if not k.startswith(("save_counter", "_CHECKPOINTABLE_OBJECT_GRAPH"))}
+
+
+def assert_same_checkpoint(a, b):
+    va, vb = variables(a), variables(b)
+    assert va.keys() == vb.keys()
+    for key in va:
+        np.testing.assert_array_equal(va[key], vb[key], err_msg=key)
+
+
+def rows_without_timing(path):
+    return [{k: v for k, v in r.items() if k not in history.TIMING_COLUMNS} for r in history.read_rows(path)]
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return data.load("mnist", str(SAMPLE))
+
+
+def new_state(config, sample):
+    training.setup(config)
+    return training.create_state(config, sample)
+
+
+def test_one_compiled_step_lowers_the_loss(tmp_path, sample):
+    state = new_state(make_config(tmp_path), sample)
+    batch = next(iter(data.train_dataset(sample.x_train, sample.y_train, 64, 0, 0)))
+    step = training.make_train_step(state, tuple(tf.TensorSpec.from_tensor(t) for t in batch))
+    start = float(training.loss_fn(state.model, *batch)[0])
+    for _ in range(25):
+        step(batch)
+    assert float(training.loss_fn(state.model, *batch)[0]) < start / 2
+    assert int(state.step.numpy()) == 25
+
+
+def test_no_retracing_across_epochs_and_a_smaller_last_batch(tmp_path, sample):
+    config = make_config(tmp_path, batch_size=300)  # 2000 = 6 * 300 + 200
+    state = new_state(config, sample)
+    ds = data.train_dataset(sample.x_train, sample.y_train, 300, 0, 0)
+    step = training.make_train_step(state, ds.element_spec)
+    for batch in ds:
+        step(batch)
+    assert step.experimental_get_tracing_count() == 1
+    for batch in data.train_dataset(sample.x_train, sample.y_train, 300, 0, 1):
+        step(batch)
+    assert step.experimental_get_tracing_count() == 1
+
+
+def test_a_short_run_learns_real_digits(tmp_path):
+    results = training.train_and_evaluate(make_config(tmp_path, epochs=3, batch_size=50), tmp_path / "run")
+    assert results["test_accuracy"] >= 0.9, results
+    rows = history.read_rows(tmp_path / "run" / "metrics.csv")
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and [r["step"] for r in rows] == [40, 80, 120]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["test_accuracy"] == results["test_accuracy"] == rows[-1]["test_accuracy"]
+    assert saved["steps"] == 120 and saved["epochs"] == 3 and saved["train_images_per_sec"] > 0
+
+
+def test_restart_continues_and_matches_an_uninterrupted_run(tmp_path):
+    straight = training.train_and_evaluate(make_config(tmp_path / "a", epochs=2), tmp_path / "a" / "run")
+    training.train_and_evaluate(make_config(tmp_path / "b", epochs=1), tmp_path / "b" / "run1")
+    resumed = training.train_and_evaluate(make_config(tmp_path / "b", epochs=2), tmp_path / "b" / "run2")
+    assert resumed["steps"] == 40 and resumed["test_accuracy"] == straight["test_accuracy"]
+    assert_same_checkpoint(tmp_path / "a" / "ckpt" / "ckpt-40", tmp_path / "b" / "ckpt" / "ckpt-40")
+    # The second invocation's run dir holds the whole history, the first epoch included.
+    assert rows_without_timing(tmp_path / "b" / "run2" / "metrics.csv") == \
+        rows_without_timing(tmp_path / "a" / "run" / "metrics.csv")
+
+
+def test_resume_from_a_mid_epoch_checkpoint_is_exact(tmp_path):
+    """Restores model, Adam slots, Dropout seeds, epoch metrics and the data position."""
+    every = {"every_n_steps": 7, "keep": 100}
+    training.train_and_evaluate(make_config(tmp_path / "a", epochs=2, checkpoint=every), tmp_path / "a" / "run")
+    # Make "b" look like a run killed at step 28 (mid epoch 1) after saving ckpt-28.
+    shutil.copytree(tmp_path / "a" / "ckpt", tmp_path / "b" / "ckpt")
+    for f in (tmp_path / "b" / "ckpt").glob("ckpt-*"):
+        if int(f.name.split(".")[0].split("-")[1]) > 28:
+            f.unlink()
+    training.train_and_evaluate(make_config(tmp_path / "b", epochs=2, checkpoint=every), tmp_path / "b" / "run")
+    assert_same_checkpoint(tmp_path / "a" / "ckpt" / "ckpt-40", tmp_path / "b" / "ckpt" / "ckpt-40")
+    assert rows_without_timing(tmp_path / "b" / "run" / "metrics.csv") == \
+        rows_without_timing(tmp_path / "a" / "run" / "metrics.csv")
+
+
+def test_dropout_seed_state_is_in_the_checkpoint(tmp_path, sample):
+    state = new_state(make_config(tmp_path), sample)
+    keys = variables(state.checkpoint.write(str(tmp_path / "state")))
+    assert any(k.startswith("rng/") for k in keys), keys
+
+
+def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog):
+    straight = training.train_and_evaluate(make_config(tmp_path / "a", epochs=3), tmp_path / "a" / "run")
+    training.train_and_evaluate(make_config(tmp_path / "b", epochs=2), tmp_path / "b" / "run1")
+    ckpt = tmp_path / "b" / "ckpt"
+    data_file = next(ckpt.glob("ckpt-40.data-*"))
+    data_file.write_bytes(data_file.read_bytes()[:1000])  # truncated
+    resumed = training.train_and_evaluate(make_config(tmp_path / "b", epochs=3), tmp_path / "b" / "run2")
+    assert "ckpt-40 is unusable" in caplog.text
+    assert (ckpt / "broken" / data_file.name).exists()
+    assert resumed["test_accuracy"] == straight["test_accuracy"]
+    assert_same_checkpoint(tmp_path / "a" / "ckpt" / "ckpt-60", ckpt / "ckpt-60")
+
+
+def test_all_checkpoints_corrupt_stops_and_keeps_them(tmp_path):
+    training.train_and_evaluate(make_config(tmp_path, epochs=1), tmp_path / "run")
+    for f in (tmp_path / "ckpt").glob("ckpt-*.data-*"):
+        f.write_bytes(b"garbage")
+    before = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    with pytest.raises(CheckpointError, match="no usable checkpoint.*resume=never"):
+        training.train_and_evaluate(make_config(tmp_path, epochs=2), tmp_path / "run2")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == before
+
+
+def test_garbled_state_file_is_rebuilt(tmp_path):
+    training.train_and_evaluate(make_config(tmp_path, epochs=1), tmp_path / "run")
+    (tmp_path / "ckpt" / "checkpoint").write_text("{{{ not a proto")
+    results = training.train_and_evaluate(make_config(tmp_path, epochs=2), tmp_path / "run2")
+    assert results["steps"] == 40
+
+
+def test_checkpoints_of_another_run_are_refused(tmp_path):
+    training.train_and_evaluate(make_config(tmp_path, epochs=1), tmp_path / "run")
+    with pytest.raises(CheckpointError, match=r"different run \(lr: 0.001 there, 0.01 here\)"):
+        training.train_and_evaluate(make_config(tmp_path, epochs=1, lr=0.01), tmp_path / "run2")
+
+
+def test_resume_never_moves_old_checkpoints_aside(tmp_path):
+    training.train_and_evaluate(make_config(tmp_path, epochs=1), tmp_path / "run")
+    results = training.train_and_evaluate(make_config(tmp_path, epochs=1, resume="never"), tmp_path / "run2")
+    assert results["steps"] == 20
+    (old,) = tmp_path.glob("ckpt.old-*")
+    assert (old / "ckpt-20.index").exists() and (old / "metrics.csv").exists()
+
+
+def test_resume_from_a_given_path(tmp_path):
+    training.train_and_evaluate(make_config(tmp_path / "a", epochs=1), tmp_path / "run")
+    config = make_config(tmp_path / "b", epochs=2, resume=str(tmp_path / "a" / "ckpt" / "ckpt-20"))
+    assert training.train_and_evaluate(config, tmp_path / "run2")["steps"] == 40
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        training.train_and_evaluate(make_config(tmp_path / "c", resume=str(tmp_path / "nope")), tmp_path / "r")
+
+
+def test_nonfinite_loss_stops_without_saving_over_the_last_good(tmp_path):
+    config = make_config(tmp_path, lr=1e30, checkpoint={"every_n_steps": 1, "keep": 50})
+    with pytest.raises(TrainingError, match=r"NaN or Inf at step (\d+)") as e:
+        training.train_and_evaluate(config, tmp_path / "run")
+    bad = int(e.value.args[0].split("at step ")[1].split(";")[0])
+    saved = checkpoint.checkpoint_paths(tmp_path / "ckpt")
+    assert int(saved[-1].rsplit("-", 1)[1]) == bad - 1
+    for value in variables(saved[-1]).values():
+        assert np.all(np.isfinite(value))
+
+
+def test_a_second_process_is_locked_out(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "ckpt").mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT);"
+        "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode()); print('locked', flush=True);"
+        "time.sleep(60)"), str(tmp_path / "ckpt" / checkpoint.LOCK_FILE)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(CheckpointError, match=f"in use by another training process \\(pid {holder.pid}\\)"):
+            training.train_and_evaluate(make_config(tmp_path), tmp_path / "run")
+    finally:
+        holder.kill()
+        holder.wait()
+    # A dead owner holds nothing.
+    assert training.train_and_evaluate(make_config(tmp_path), tmp_path / "run")["steps"] == 20
+
+
+def test_eval_mode_reports_what_training_reported(tmp_path):
+    trained = training.train_and_evaluate(make_config(tmp_path, epochs=1), tmp_path / "run")
+    evaluated = training.evaluate_checkpoint(make_config(tmp_path, mode="eval"), tmp_path / "eval")
+    assert evaluated["test_accuracy"] == trained["test_accuracy"]
+    assert evaluated["test_loss"] == trained["test_loss"]
+    assert evaluated["step"] == 20
+
+
+def test_eval_without_a_checkpoint_says_train_first(tmp_path):
+    with pytest.raises(CheckpointError, match="train first"):
+        training.evaluate_checkpoint(make_config(tmp_path, mode="eval"), tmp_path / "eval")
