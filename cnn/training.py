@@ -123,6 +123,22 @@ def create_state(config: Config, data: data_lib.Data) -> TrainState:
     return TrainState(model, keras.optimizers.Adam(learning_rate=config.lr))
 
 
+def restore_given(state: TrainState, resume: str, ident: dict) -> str:
+    """Restores `resume`: a checkpoint prefix (<dir>/ckpt-600) or a directory (its latest)."""
+    given = Path(resume).expanduser()
+    check_identity(given if given.is_dir() else given.parent, ident)
+    if given.is_dir():
+        path = restore_latest(state.checkpoint, given)
+        if path is None:
+            raise CheckpointError(f"resume={resume}: no checkpoint in that directory")
+        return path
+    if not Path(str(given) + ".index").exists():
+        raise CheckpointError(f"resume={resume}: no such checkpoint "
+                              "(give a directory or a prefix like <dir>/ckpt-600)")
+    restore(state.checkpoint, str(given))
+    return str(given)
+
+
 def restore_or_start(config: Config, state: TrainState, directory: Path) -> Optional[str]:
     """Applies `resume`: a given path, else the run's own latest checkpoint, else scratch.
 
@@ -135,25 +151,14 @@ def restore_or_start(config: Config, state: TrainState, directory: Path) -> Opti
         log.info("starting from scratch")
         return None
     if config.resume == "auto":
+        check_identity(directory, identity(config))
         path = restore_latest(state.checkpoint, directory)
         log.info("resumed from %s" % path if path else f"no checkpoint in {directory}: starting from scratch")
         return path
     if own:
         raise CheckpointError(f"resume={config.resume}: {directory} already has checkpoints of its own; "
                               "pass checkpoint.dir=<a new dir> to continue from that checkpoint there")
-    given = Path(config.resume).expanduser()
-    source = given if given.is_dir() else given.parent
-    check_identity(source, identity(config))
-    if given.is_dir():
-        path = restore_latest(state.checkpoint, given)
-        if path is None:
-            raise CheckpointError(f"resume={config.resume}: no checkpoint in that directory")
-    elif Path(str(given) + ".index").exists():
-        restore(state.checkpoint, str(given))
-        path = str(given)
-    else:
-        raise CheckpointError(f"resume={config.resume}: no such checkpoint "
-                              "(give a directory or a prefix like <dir>/ckpt-600)")
+    path = restore_given(state, config.resume, identity(config))
     log.info("resumed from %s (resume=%s)", path, config.resume)
     return path
 
@@ -241,14 +246,13 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict:
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    directory = checkpoint_dir(config)
-    directory.mkdir(parents=True, exist_ok=True)
     setup(config)
     data = data_lib.load(config.dataset.name, config.dataset.data_dir, config.dataset.download)
     state = create_state(config, data)
+    directory = checkpoint_dir(config)
+    directory.mkdir(parents=True, exist_ok=True)
     spe = data_lib.steps_per_epoch(len(data.x_train), config.batch_size)
     with DirectoryLock(directory):
-        check_identity(directory, identity(config))
         restore_or_start(config, state, directory)
         write_identity(directory, identity(config), run_name(config))
         manager = make_manager(state, directory, config.checkpoint.keep)
@@ -270,20 +274,24 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict:
             ran, images, seconds = train_epoch(state, step_fn, dataset, manager, cadence, step, spe,
                                                config.progress)
             step += ran
+            eval_start = time.perf_counter()
             test_loss, test_accuracy = evaluate(test_ds)
+            eval_seconds = time.perf_counter() - eval_start
             row = {"epoch": epoch + 1, "step": step, "loss": float(state.loss.result()),
                    "accuracy": float(state.accuracy.result()), "test_loss": test_loss,
                    "test_accuracy": test_accuracy, "lr": float(state.optimizer.learning_rate.numpy()),
                    "seconds": seconds, "images_per_sec": images / seconds if seconds > 0 else 0.0}
-            log.info("epoch %d/%d  loss %.4f  accuracy %.4f  test loss %.4f  test accuracy %.4f  "
-                     "%.1f s  %.0f images/s", epoch + 1, config.epochs, row["loss"], row["accuracy"],
-                     test_loss, test_accuracy, seconds, row["images_per_sec"])
             rows.append(row)
             # The row goes first: if the save below never happens, the resumed run drops it.
             history.write_rows(directory / "metrics.csv", rows)
             history.write_rows(workdir / "metrics.csv", rows)
+            save_start = time.perf_counter()
             save(state, manager, step)
             cadence.saved()
+            log.info("epoch %d/%d  loss %.4f  accuracy %.4f  test loss %.4f  test accuracy %.4f  "
+                     "%.1f s  %.0f images/s  (evaluation %.2f s, checkpoint %.2f s)",
+                     epoch + 1, config.epochs, row["loss"], row["accuracy"], test_loss, test_accuracy,
+                     seconds, row["images_per_sec"], eval_seconds, time.perf_counter() - save_start)
         if test_loss is None:  # already trained that far: report the checkpoint as it is
             log.info("already trained to epoch %d (step %d); evaluating only", step // spe, step)
             test_loss, test_accuracy = evaluate(test_ds)
@@ -302,10 +310,7 @@ def evaluate_checkpoint(config: Config, workdir: str | Path) -> dict:
     data = data_lib.load(config.dataset.name, config.dataset.data_dir, config.dataset.download)
     state = create_state(config, data)
     if config.resume not in ("auto", "never"):
-        given = Path(config.resume).expanduser()
-        check_identity(given if given.is_dir() else given.parent, identity(config))
-        path = restore_latest(state.checkpoint, given) if given.is_dir() else (
-            restore(state.checkpoint, str(given)) or str(given))
+        path = restore_given(state, config.resume, identity(config))
     else:
         check_identity(directory, identity(config))
         path = restore_latest(state.checkpoint, directory) if directory.is_dir() else None

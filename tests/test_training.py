@@ -211,3 +211,18 @@ def test_eval_mode_reports_what_training_reported(tmp_path):
 def test_eval_without_a_checkpoint_says_train_first(tmp_path):
     with pytest.raises(CheckpointError, match="train first"):
         training.evaluate_checkpoint(make_config(tmp_path, mode="eval"), tmp_path / "eval")
+
+
+def test_checkpoint_cadence(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(training.time, "monotonic", lambda: now[0])
+    by_steps = training.Cadence(every_n_steps=5, every_n_minutes=None)
+    assert [s for s in range(1, 16) if by_steps.due(s)] == [5, 10, 15]
+    by_time = training.Cadence(every_n_steps=None, every_n_minutes=2)
+    now[0] = 119.0
+    assert not by_time.due(1)
+    now[0] = 120.0
+    assert by_time.due(2)
+    by_time.saved()
+    now[0] = 200.0
+    assert not by_time.due(3)
