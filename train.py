@@ -5,15 +5,19 @@ The only Hydra entry point. It turns the composed config into a typed
 once a run starts, so `--help` is instant.
 """
 
-import logging
-import sys
+import time
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+STARTED = [time.time()]  # before the imports: the wait for the first step is measured from here
 
-from cnn.config import register_configs, to_config
-from cnn.errors import CnnError
+import logging  # noqa: E402
+import sys  # noqa: E402
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from cnn.config import register_configs, to_config  # noqa: E402
+from cnn.errors import CnnError  # noqa: E402
 
 log = logging.getLogger("train")
 register_configs()
@@ -27,9 +31,10 @@ def main(cfg: DictConfig) -> float:
         from cnn import training  # imports TensorFlow
 
         workdir = HydraConfig.get().runtime.output_dir
+        started = STARTED.pop() if STARTED else time.time()  # later multirun jobs: from their start
         if config.mode == "eval":
             return training.evaluate_checkpoint(config, workdir)["test_accuracy"]
-        return training.train_and_evaluate(config, workdir)["test_accuracy"]
+        return training.train_and_evaluate(config, workdir, started=started)["test_accuracy"]
     except CnnError as e:
         log.error("%s", e)
         sys.exit(1)

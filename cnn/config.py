@@ -48,6 +48,8 @@ class Config:
     epochs: int = 15
     batch_size: int = 100
     seed: int = 0
+    precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16 (Keras policies)
+    steps_per_loop: int = 1  # training steps per compiled call
     mode: str = "train"  # train | eval
     resume: str = "auto"  # auto | never | <checkpoint path>
     deterministic: bool = True  # bitwise-reproducible ops (slower on GPU)
@@ -56,11 +58,13 @@ class Config:
 
 
 MODES = ("train", "eval")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 # Keys that do not change what a run computes: changing them continues the
 # same run (same checkpoint directory). Everything else is the run's identity.
 NOT_IDENTITY = (
     "epochs",
+    "steps_per_loop",
     "mode",
     "resume",
     "deterministic",
@@ -94,6 +98,9 @@ def validate(config: Config) -> None:
         (config.lr > 0, f"lr={config.lr}: must be > 0"),
         (config.epochs >= 1, f"epochs={config.epochs}: must be >= 1"),
         (config.batch_size >= 1, f"batch_size={config.batch_size}: must be >= 1"),
+        (config.precision in PRECISIONS,
+         f"precision={config.precision}: must be one of {', '.join(PRECISIONS)}"),
+        (config.steps_per_loop >= 1, f"steps_per_loop={config.steps_per_loop}: must be >= 1"),
         (config.mode in MODES, f"mode={config.mode}: must be one of {', '.join(MODES)}"),
         (0 <= config.model.dropout < 1, f"model.dropout={config.model.dropout}: must be in [0, 1)"),
         (config.checkpoint.keep >= 1, f"checkpoint.keep={config.checkpoint.keep}: must be >= 1"),

@@ -36,7 +36,7 @@ def book_cnn(input_shape, num_classes, dropout=0.4):
         layers.Flatten(),
         layers.Dense(256, activation="relu"),
         layers.Dropout(dropout),
-        layers.Dense(num_classes),                                # logits
+        layers.Dense(num_classes, dtype="float32"),               # logits, float32 in mixed precision
     ], name="book_cnn")
 
 
@@ -57,7 +57,7 @@ def tutorial_cnn(input_shape, num_classes, dropout=0.0):
         layers.Flatten(),
         layers.Dense(64, activation="relu"),
         *head,
-        layers.Dense(num_classes),                                # logits
+        layers.Dense(num_classes, dtype="float32"),               # logits, float32 in mixed precision
     ], name="tutorial_cnn")
 
 

@@ -13,7 +13,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import keras
 import tensorflow as tf
@@ -39,28 +39,34 @@ def loss_fn(model, images, labels, training=False):
     return tf.reduce_mean(losses), logits
 
 
-def grad(model, images, labels):
-    """Loss, logits and the gradients of the loss for the trainable variables."""
+def grad(model, images, labels, optimizer=None):
+    """Loss, logits and the gradients of the loss for the trainable variables.
+
+    With an `optimizer`, the loss is differentiated through `optimizer.scale_loss`:
+    a no-op but for float16's LossScaleOptimizer, whose apply_gradients unscales.
+    """
     with tf.GradientTape() as tape:
         loss, logits = loss_fn(model, images, labels, training=True)
-    return loss, logits, tape.gradient(loss, model.trainable_variables)
+        scaled = optimizer.scale_loss(loss) if optimizer is not None else loss
+    return loss, logits, tape.gradient(scaled, model.trainable_variables)
 
 
 def train_step(model, optimizer, batch):
     """One optimizer update on `batch` = (images, labels). Returns (loss, logits)."""
     images, labels = batch
-    loss, logits, grads = grad(model, images, labels)
+    loss, logits, grads = grad(model, images, labels, optimizer)
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
     return loss, logits
 
 
-def make_train_step(state: TrainState, element_spec) -> Callable:
-    """Compiles `train_step` on `state`, also updating the epoch metrics and the step counter.
+def make_train_loop(state: TrainState, element_spec) -> Callable:
+    """Compiles `loop(iterator, num_steps)`: `num_steps` training steps in one call.
 
-    The input signature has a free batch dimension, so the smaller last batch of an
-    epoch does not retrace: one trace per run.
+    A `tf.range` loop inside one `tf.function`, as TF Model Garden's Orbit does, so
+    the host pays one call per `steps_per_loop` steps. Each step also updates the
+    epoch metrics and the step counter. The signature is fixed (free batch size,
+    tensor step count), so nothing retraces: one trace per run.
     """
-    @tf.function(input_signature=[element_spec])
     def step(batch):
         loss, logits = train_step(state.model, state.optimizer, batch)
         labels = batch[1]
@@ -71,7 +77,12 @@ def make_train_step(state: TrainState, element_spec) -> Callable:
         first_bad = tf.logical_and(tf.logical_not(tf.math.is_finite(loss)), state.nonfinite_step < 0)
         state.nonfinite_step.assign(tf.where(first_bad, state.step, state.nonfinite_step))
 
-    return step
+    @tf.function(input_signature=[tf.data.IteratorSpec(element_spec), tf.TensorSpec([], tf.int32)])
+    def loop(iterator, num_steps):
+        for _ in tf.range(num_steps):
+            step(next(iterator))
+
+    return loop
 
 
 def make_evaluate(model, element_spec) -> Callable:
@@ -110,17 +121,24 @@ def setup(config: Config) -> None:
     """Fresh Keras state, seeds, and (optionally) deterministic ops, before anything is built."""
     keras.backend.clear_session()  # jobs of a multirun share this process
     keras.utils.set_random_seed(config.seed)
+    keras.mixed_precision.set_global_policy(config.precision)  # also resets it to float32
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
 
 
 def create_state(config: Config, data: data_lib.Data) -> TrainState:
-    """The model (from the registry) and its Adam optimizer, wrapped in a TrainState."""
+    """The model (from the registry) and its Adam optimizer, wrapped in a TrainState.
+
+    Call after `setup`: the model takes its dtypes from the global precision policy.
+    """
     if config.model.name not in MODELS:
         raise ConfigError(f"model.name={config.model.name}: unknown; known: {', '.join(sorted(MODELS))}")
     model = create_model(config.model.name, data.image_shape, data.num_classes,
                          dropout=config.model.dropout)
-    return TrainState(model, keras.optimizers.Adam(learning_rate=config.lr))
+    optimizer = keras.optimizers.Adam(learning_rate=config.lr)
+    if config.precision == "mixed_float16":  # float16 gradients underflow without loss scaling
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return TrainState(model, optimizer)
 
 
 def restore_given(state: TrainState, resume: str, ident: dict) -> str:
@@ -204,23 +222,46 @@ def _progress_bar(enabled: Optional[bool], steps: int, done: int):
     return bar
 
 
-def train_epoch(state, step_fn, dataset, manager, cadence, start_step, steps_per_epoch, progress):
-    """Runs the batches of one epoch (or its remainder). Returns (steps run, images, seconds)."""
-    step, images = start_step, 0
-    bar = _progress_bar(progress, steps_per_epoch, start_step % steps_per_epoch)
-    every = max(1, steps_per_epoch // 50)
+def next_chunk(step: int, epoch_end: int, steps_per_loop: int, every_n_steps: Optional[int]) -> int:
+    """Steps for the next loop call: at most steps_per_loop, never past the epoch's end
+    or a step-count checkpoint."""
+    n = min(steps_per_loop, epoch_end - step)
+    if every_n_steps is not None:
+        n = min(n, every_n_steps - step % every_n_steps)
+    return n
+
+
+class EpochStats(NamedTuple):
+    steps: int  # steps run in this call
+    images: int
+    seconds: float  # wall time of the steps (and of any mid-epoch checkpoint)
+    first_call_done: float  # time.time() when the first loop call returned
+
+
+def train_epoch(state, loop, dataset, manager, cadence, config: Config, start_step: int,
+                num_examples: int) -> EpochStats:
+    """Runs the batches of one epoch, or its remainder when `start_step` is inside it."""
+    spe = data_lib.steps_per_epoch(num_examples, config.batch_size)
+    epoch_start = start_step // spe * spe
+    end = epoch_start + spe
+    bar = _progress_bar(config.progress, spe, start_step - epoch_start)
+    every_bar = max(1, spe // 50)
+    step, iterator, first_call_done = start_step, iter(dataset), None
     start = time.perf_counter()
-    for batch in dataset:
-        step_fn(batch)
-        step += 1
-        images += int(batch[1].shape[0])  # static shape: no device sync
-        if step % steps_per_epoch != 0 and cadence.due(step):
+    while step < end:
+        n = next_chunk(step, end, config.steps_per_loop, config.checkpoint.every_n_steps)
+        loop(iterator, tf.constant(n, tf.int32))
+        first_call_done = first_call_done or time.time()
+        step += n
+        if step < end and cadence.due(step):
             save(state, manager, step)
             cadence.saved()
-        if bar is not None and (step % every == 0 or step % steps_per_epoch == 0):
-            bar.update(step - (step - 1) // steps_per_epoch * steps_per_epoch,
-                       [("loss", float(state.loss.result())), ("accuracy", float(state.accuracy.result()))])
-    return step - start_step, images, time.perf_counter() - start
+        if bar is not None and (step // every_bar != (step - n) // every_bar or step == end):
+            bar.update(step - epoch_start, [("loss", float(state.loss.result())),
+                                            ("accuracy", float(state.accuracy.result()))])
+    seconds = time.perf_counter() - start
+    done = lambda s: min((s - epoch_start) * config.batch_size, num_examples)  # images, by position
+    return EpochStats(step - start_step, done(step) - done(start_step), seconds, first_call_done)
 
 
 def _results(rows: list[dict], test_loss: float, test_accuracy: float, step: int, name: str,
@@ -238,11 +279,12 @@ def _results(rows: list[dict], test_loss: float, test_accuracy: float, step: int
     }
 
 
-def train_and_evaluate(config: Config, workdir: str | Path) -> dict:
+def train_and_evaluate(config: Config, workdir: str | Path, started: Optional[float] = None) -> dict:
     """Trains one configured run to `config.epochs`, resuming from its checkpoints.
 
     Writes metrics.csv and results.json into `workdir` (and the checkpoint
     directory, which keeps the run's whole history). Returns the results.
+    `started`: when the process started (time.time()), to log the wait for the first step.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -260,7 +302,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict:
         rows = [r for r in history.read_rows(directory / "metrics.csv") if r["epoch"] <= step // spe]
         test_ds = data_lib.test_dataset(data.x_test, data.y_test)
         evaluate = make_evaluate(state.model, test_ds.element_spec)
-        step_fn = make_train_step(state, test_ds.element_spec)
+        loop = make_train_loop(state, test_ds.element_spec)
         cadence = Cadence(config.checkpoint.every_n_steps, config.checkpoint.every_n_minutes)
         log.info("run %s: %d examples, %d steps per epoch, checkpoints in %s",
                  run_name(config), len(data.x_train), spe, directory)
@@ -271,16 +313,19 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict:
                 state.reset_metrics()
             dataset = data_lib.train_dataset(data.x_train, data.y_train, config.batch_size,
                                              config.seed, epoch, skip_batches=step % spe)
-            ran, images, seconds = train_epoch(state, step_fn, dataset, manager, cadence, step, spe,
-                                               config.progress)
-            step += ran
+            stats = train_epoch(state, loop, dataset, manager, cadence, config, step, len(data.x_train))
+            if started is not None and step == 0:
+                log.info("first %d step(s) done %.1f s after the process started",
+                         next_chunk(0, spe, config.steps_per_loop, config.checkpoint.every_n_steps),
+                         stats.first_call_done - started)
+            step += stats.steps
             eval_start = time.perf_counter()
             test_loss, test_accuracy = evaluate(test_ds)
             eval_seconds = time.perf_counter() - eval_start
             row = {"epoch": epoch + 1, "step": step, "loss": float(state.loss.result()),
                    "accuracy": float(state.accuracy.result()), "test_loss": test_loss,
                    "test_accuracy": test_accuracy, "lr": float(state.optimizer.learning_rate.numpy()),
-                   "seconds": seconds, "images_per_sec": images / seconds if seconds > 0 else 0.0}
+                   "seconds": stats.seconds, "images_per_sec": stats.images / stats.seconds}
             rows.append(row)
             # The row goes first: if the save below never happens, the resumed run drops it.
             history.write_rows(directory / "metrics.csv", rows)
@@ -291,7 +336,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict:
             log.info("epoch %d/%d  loss %.4f  accuracy %.4f  test loss %.4f  test accuracy %.4f  "
                      "%.1f s  %.0f images/s  (evaluation %.2f s, checkpoint %.2f s)",
                      epoch + 1, config.epochs, row["loss"], row["accuracy"], test_loss, test_accuracy,
-                     seconds, row["images_per_sec"], eval_seconds, time.perf_counter() - save_start)
+                     stats.seconds, row["images_per_sec"], eval_seconds, time.perf_counter() - save_start)
         if test_loss is None:  # already trained that far: report the checkpoint as it is
             log.info("already trained to epoch %d (step %d); evaluating only", step // spe, step)
             test_loss, test_accuracy = evaluate(test_ds)

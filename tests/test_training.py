@@ -50,28 +50,55 @@ def new_state(config, sample):
     return training.create_state(config, sample)
 
 
-def test_one_compiled_step_lowers_the_loss(tmp_path, sample):
+def run_steps(loop, dataset, n):
+    loop(iter(dataset), tf.constant(n, tf.int32))
+
+
+def test_compiled_steps_lower_the_loss(tmp_path, sample):
     state = new_state(make_config(tmp_path), sample)
     batch = next(iter(data.train_dataset(sample.x_train, sample.y_train, 64, 0, 0)))
-    step = training.make_train_step(state, tuple(tf.TensorSpec.from_tensor(t) for t in batch))
+    same_batch = tf.data.Dataset.from_tensors(batch).repeat()
+    loop = training.make_train_loop(state, same_batch.element_spec)
     start = float(training.loss_fn(state.model, *batch)[0])
-    for _ in range(25):
-        step(batch)
+    run_steps(loop, same_batch, 25)
     assert float(training.loss_fn(state.model, *batch)[0]) < start / 2
     assert int(state.step.numpy()) == 25
 
 
 def test_no_retracing_across_epochs_and_a_smaller_last_batch(tmp_path, sample):
-    config = make_config(tmp_path, batch_size=300)  # 2000 = 6 * 300 + 200
-    state = new_state(config, sample)
-    ds = data.train_dataset(sample.x_train, sample.y_train, 300, 0, 0)
-    step = training.make_train_step(state, ds.element_spec)
-    for batch in ds:
-        step(batch)
-    assert step.experimental_get_tracing_count() == 1
-    for batch in data.train_dataset(sample.x_train, sample.y_train, 300, 0, 1):
-        step(batch)
-    assert step.experimental_get_tracing_count() == 1
+    state = new_state(make_config(tmp_path, batch_size=300), sample)  # 2000 = 6 * 300 + 200
+    ds = lambda epoch: data.train_dataset(sample.x_train, sample.y_train, 300, 0, epoch)
+    loop = training.make_train_loop(state, ds(0).element_spec)
+    run_steps(loop, ds(0), 3)
+    run_steps(loop, ds(0).skip(3), 4)  # one step per call, then several, and the 200-image batch
+    assert loop.experimental_get_tracing_count() == 1
+    run_steps(loop, ds(1), 7)
+    assert loop.experimental_get_tracing_count() == 1
+    assert int(state.step.numpy()) == 14
+
+
+@pytest.mark.parametrize("steps_per_loop", [3, 64])
+def test_steps_per_loop_gives_the_same_run(tmp_path, steps_per_loop):
+    """Several steps per call keep the checkpoint cadence, the metrics and the exact result."""
+    every = {"every_n_steps": 7, "keep": 100}
+    one = training.train_and_evaluate(make_config(tmp_path / "a", epochs=2, checkpoint=every), tmp_path / "a" / "run")
+    many = training.train_and_evaluate(make_config(tmp_path / "b", epochs=2, checkpoint=every,
+                                                   steps_per_loop=steps_per_loop), tmp_path / "b" / "run")
+    assert [Path(p).name for p in checkpoint.checkpoint_paths(tmp_path / "b" / "ckpt")] == \
+        [f"ckpt-{s}" for s in (7, 14, 20, 21, 28, 35, 40)]
+    assert_same_checkpoint(tmp_path / "a" / "ckpt" / "ckpt-40", tmp_path / "b" / "ckpt" / "ckpt-40")
+    assert rows_without_timing(tmp_path / "b" / "run" / "metrics.csv") == \
+        rows_without_timing(tmp_path / "a" / "run" / "metrics.csv")
+    assert many["test_accuracy"] == one["test_accuracy"]
+
+
+def test_next_chunk_stops_at_epoch_ends_and_checkpoints():
+    assert training.next_chunk(0, 20, 100, None) == 20
+    assert training.next_chunk(0, 20, 100, 7) == 7
+    assert training.next_chunk(7, 20, 100, 7) == 7
+    assert training.next_chunk(14, 20, 100, 7) == 6
+    assert training.next_chunk(20, 40, 5, 7) == 1
+    assert training.next_chunk(21, 40, 5, None) == 5
 
 
 def test_a_short_run_learns_real_digits(tmp_path):
@@ -226,3 +253,23 @@ def test_checkpoint_cadence(monkeypatch):
     by_time.saved()
     now[0] = 200.0
     assert not by_time.due(3)
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_trains_with_float32_logits_and_resumes(tmp_path, tiny_data, precision):
+    # float16 kernels are slow on CPUs (GPUs are its place): a few tiny steps only.
+    data_dir, batch = (SAMPLE, 100) if precision == "mixed_bfloat16" else (tiny_data, 60)
+    config = lambda where, epochs: make_config(tmp_path / where, data_dir, epochs=epochs, batch_size=batch,
+                                               precision=precision)
+    straight = training.train_and_evaluate(config("a", 2), tmp_path / "a" / "run")
+    training.train_and_evaluate(config("b", 1), tmp_path / "b" / "r1")
+    resumed = training.train_and_evaluate(config("b", 2), tmp_path / "b" / "r2")
+    assert resumed["test_accuracy"] == straight["test_accuracy"]
+    assert np.isfinite(resumed["test_loss"])
+    (last,) = [Path(p).name for p in checkpoint.checkpoint_paths(tmp_path / "a" / "ckpt")][-1:]
+    assert_same_checkpoint(tmp_path / "a" / "ckpt" / last, tmp_path / "b" / "ckpt" / last)
+    state = new_state(config("c", 1), data.load("mnist", str(data_dir)))
+    assert state.model.layers[0].compute_dtype == precision.split("_")[1]
+    assert state.model.layers[-1].compute_dtype == "float32"
+    assert isinstance(state.optimizer, training.keras.optimizers.LossScaleOptimizer) == (precision == "mixed_float16")
+    training.setup(make_config(tmp_path))  # back to float32 for the other tests
