@@ -57,6 +57,12 @@ class TrainState:
             rng=[v for v in model.variables if id(v) not in weights],
             metrics=[v for m in (self.loss, self.accuracy) for v in m.variables],
         )
+        # Weights must be reachable from the model itself (the optimizer also references the
+        # trainable ones, which hides a gap until BatchNorm statistics go missing).
+        tracked = {id(t) for t in tf.train.TrackableView(model).descendants()}
+        missing = [v.path for v in model.weights if id(v) not in tracked]
+        if missing:  # e.g. models kept in a list: Keras sees them, tf.train.Checkpoint does not
+            raise ValueError(f"model variables a checkpoint would not save: {', '.join(missing[:5])}")
 
     def reset_metrics(self) -> None:
         self.loss.reset_state()

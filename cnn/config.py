@@ -24,12 +24,26 @@ class DatasetConfig:
     name: str = MISSING  # mnist | fashion_mnist | cifar10
     data_dir: Optional[str] = None  # null: Keras cache, then download
     download: bool = True  # fetch missing files from the canonical source
+    augment: bool = False  # random rotation and shift of the training images, on the fly
+    max_rotation: float = 15.0  # degrees, either way
+    max_shift: float = 2.0  # pixels, each axis, either way
 
 
 @dataclass
 class ModelConfig:
     name: str = MISSING  # a key of cnn.models.MODELS
     dropout: float = 0.0
+    members: str = "book_cnn"  # ensemble only: the registered model of each member
+    size: int = 5  # ensemble only: the number of members
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "constant"  # constant | exponential | cosine
+    decay_steps: int = 600  # exponential: steps per decay; cosine: steps to the end
+    decay_rate: float = 0.96  # exponential
+    staircase: bool = False  # exponential: decay in steps, not continuously
+    alpha: float = 0.0  # cosine: the final rate, as a fraction of lr
 
 
 @dataclass
@@ -45,11 +59,12 @@ class Config:
     dataset: DatasetConfig = MISSING
     model: ModelConfig = MISSING
     lr: float = 0.001
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     epochs: int = 15
     batch_size: int = 100
     seed: int = 0
     precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16 (Keras policies)
-    steps_per_loop: int = 1  # training steps per compiled call
+    steps_per_loop: int = 100  # training steps per compiled call
     mode: str = "train"  # train | eval
     resume: str = "auto"  # auto | never | <checkpoint path>
     deterministic: bool = True  # bitwise-reproducible ops (slower on GPU)
@@ -59,6 +74,7 @@ class Config:
 
 MODES = ("train", "eval")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+SCHEDULES = ("constant", "exponential", "cosine")
 
 # Keys that do not change what a run computes: changing them continues the
 # same run (same checkpoint directory). Everything else is the run's identity.
@@ -101,6 +117,13 @@ def validate(config: Config) -> None:
         (config.precision in PRECISIONS,
          f"precision={config.precision}: must be one of {', '.join(PRECISIONS)}"),
         (config.steps_per_loop >= 1, f"steps_per_loop={config.steps_per_loop}: must be >= 1"),
+        (config.schedule.name in SCHEDULES,
+         f"schedule.name={config.schedule.name}: must be one of {', '.join(SCHEDULES)}"),
+        (config.schedule.decay_steps >= 1, f"schedule.decay_steps={config.schedule.decay_steps}: must be >= 1"),
+        (0 < config.schedule.decay_rate <= 1, f"schedule.decay_rate={config.schedule.decay_rate}: must be in (0, 1]"),
+        (config.model.size >= 1, f"model.size={config.model.size}: must be >= 1"),
+        (config.dataset.max_rotation >= 0 and config.dataset.max_shift >= 0,
+         "dataset.max_rotation and dataset.max_shift must be >= 0"),
         (config.mode in MODES, f"mode={config.mode}: must be one of {', '.join(MODES)}"),
         (0 <= config.model.dropout < 1, f"model.dropout={config.model.dropout}: must be in [0, 1)"),
         (config.checkpoint.keep >= 1, f"checkpoint.keep={config.checkpoint.keep}: must be >= 1"),

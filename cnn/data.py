@@ -281,25 +281,63 @@ def _normalize(images, labels):
     return tf.cast(images, tf.float32) / 255.0, labels  # (B, H, W, C) uint8 -> float32 in [0, 1]
 
 
-def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epoch: int,
-                  skip_batches: int = 0):
-    """One epoch of shuffled training batches; `skip_batches` resumes inside the epoch.
+def augment(images, seed, max_rotation: float, max_shift: float):
+    """Rotates each image by up to +-max_rotation degrees and shifts it by up to +-max_shift
+    pixels per axis, with stateless random numbers: the same `seed` gives the same images.
 
-    The order depends only on (seed, epoch), so a resumed run sees the same batches.
+    Args:
+      images: (B, H, W, C) float32.
+      seed: int64 (2,), e.g. (epoch seed, batch index).
     """
     import tensorflow as tf
 
+    height, width = images.shape[1], images.shape[2]
+    n = tf.shape(images)[0]
+    angle_seed, shift_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    angle = tf.random.stateless_uniform([n], angle_seed, -max_rotation, max_rotation) * (np.pi / 180)
+    shift = tf.random.stateless_uniform([n, 2], shift_seed, -max_shift, max_shift)
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    # Output pixel (x, y) samples the input at (cos x - sin y + dx, sin x + cos y + dy): a
+    # rotation about the centre (Keras' RandomRotation offsets), then the shift.
+    dx = ((width - 1) - (cos * (width - 1) - sin * (height - 1))) / 2 + shift[:, 0]
+    dy = ((height - 1) - (sin * (width - 1) + cos * (height - 1))) / 2 + shift[:, 1]
+    zeros = tf.zeros_like(cos)
+    transforms = tf.stack([cos, -sin, dx, sin, cos, dy, zeros, zeros], axis=1)  # (B, 8)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=[height, width], fill_value=0.0,
+        interpolation="BILINEAR", fill_mode="CONSTANT")
+
+
+def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epoch: int,
+                  skip_batches: int = 0, max_rotation: float = 0.0, max_shift: float = 0.0):
+    """One epoch of shuffled training batches; `skip_batches` resumes inside the epoch.
+
+    The order, and the augmentation when max_rotation or max_shift is set, depend only
+    on (seed, epoch, batch index), so a resumed run sees the same batches.
+    """
+    import tensorflow as tf
+
+    this_epoch = epoch_seed(seed, epoch)
     ds = tf.data.Dataset.from_tensor_slices((x, y))
-    ds = ds.shuffle(len(x), seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
-    ds = ds.batch(batch_size).skip(skip_batches)
-    return ds.map(_normalize, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    ds = ds.shuffle(len(x), seed=this_epoch, reshuffle_each_iteration=False)
+    ds = ds.batch(batch_size).enumerate().skip(skip_batches)  # (batch index, (images, labels))
+
+    def prepare(index, batch):
+        images, labels = _normalize(*batch)
+        if max_rotation or max_shift:
+            seed_pair = tf.stack([tf.constant(this_epoch, tf.int64), index])
+            images = augment(images, seed_pair, max_rotation, max_shift)
+        return images, labels
+
+    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def test_dataset(x: np.ndarray, y: np.ndarray, batch_size: int = EVAL_BATCH_SIZE):
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
-    return ds.map(_normalize, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    # Evaluated every epoch: normalize once and keep the float32 batches (4 bytes a pixel).
+    return ds.map(_normalize, num_parallel_calls=tf.data.AUTOTUNE).cache().prefetch(tf.data.AUTOTUNE)
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:

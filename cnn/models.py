@@ -1,12 +1,18 @@
-"""Model registry: `create_model(name, input_shape, num_classes)`.
+"""Model registry: `create_model(name, input_shape, num_classes, **options)`.
 
 Every model maps float32 images in [0, 1], (batch, H, W, C), to logits
-(batch, num_classes): no softmax at the end, the loss takes logits.
+(batch, num_classes): no softmax at the end, the loss takes logits. The last
+layer computes in float32 under mixed precision. An ensemble returns its
+members' logits stacked, (members, batch, num_classes).
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
+
+import keras
+from keras import layers, ops
 
 MODELS: dict[str, Callable] = {}
 
@@ -19,12 +25,15 @@ def register(name: str):
     return wrap
 
 
+def logits_layer(num_classes):
+    return layers.Dense(num_classes, dtype="float32")  # float32 in mixed precision
+
+
+# --- The book's CNN, in the three Keras API styles ---------------------------------
+
 @register("book_cnn")
 def book_cnn(input_shape, num_classes, dropout=0.4):
-    """The book chapter's CNN: 619,786 parameters on 28x28x1 with 10 classes."""
-    import keras
-    from keras import layers
-
+    """The book chapter's CNN (Sequential API): 619,786 parameters on 28x28x1, 10 classes."""
     return keras.Sequential([
         keras.Input(input_shape),
         layers.Conv2D(32, 3, padding="same", activation="relu"),   # (B, 28, 28, 32)
@@ -33,19 +42,85 @@ def book_cnn(input_shape, num_classes, dropout=0.4):
         layers.MaxPool2D(padding="same"),                         # (B, 7, 7, 64)
         layers.Conv2D(128, 3, padding="same", activation="relu"),
         layers.MaxPool2D(padding="same"),                         # (B, 4, 4, 128)
-        layers.Flatten(),
+        layers.Flatten(),                                         # (B, 2048)
         layers.Dense(256, activation="relu"),
         layers.Dropout(dropout),
-        layers.Dense(num_classes, dtype="float32"),               # logits, float32 in mixed precision
+        logits_layer(num_classes),
     ], name="book_cnn")
+
+
+@register("book_cnn_functional")
+def book_cnn_functional(input_shape, num_classes, dropout=0.4):
+    """The same network with the Functional API."""
+    inputs = keras.Input(input_shape)
+    x = layers.Conv2D(32, 3, padding="same", activation="relu")(inputs)
+    x = layers.MaxPool2D(padding="same")(x)
+    x = layers.Conv2D(64, 3, padding="same", activation="relu")(x)
+    x = layers.MaxPool2D(padding="same")(x)
+    x = layers.Conv2D(128, 3, padding="same", activation="relu")(x)
+    x = layers.MaxPool2D(padding="same")(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(256, activation="relu")(x)
+    x = layers.Dropout(dropout)(x)
+    return keras.Model(inputs, logits_layer(num_classes)(x), name="book_cnn_functional")
+
+
+class BookCNN(keras.Model):
+    """The same network by subclassing keras.Model."""
+
+    def __init__(self, num_classes, dropout=0.4, **kwargs):
+        super().__init__(**kwargs)
+        self.conv1 = layers.Conv2D(32, 3, padding="same", activation="relu")
+        self.pool1 = layers.MaxPool2D(padding="same")
+        self.conv2 = layers.Conv2D(64, 3, padding="same", activation="relu")
+        self.pool2 = layers.MaxPool2D(padding="same")
+        self.conv3 = layers.Conv2D(128, 3, padding="same", activation="relu")
+        self.pool3 = layers.MaxPool2D(padding="same")
+        self.flatten = layers.Flatten()
+        self.dense = layers.Dense(256, activation="relu")
+        self.dropout = layers.Dropout(dropout)
+        self.logits = logits_layer(num_classes)
+
+    def call(self, x, training=False):
+        x = self.pool1(self.conv1(x))
+        x = self.pool2(self.conv2(x))
+        x = self.pool3(self.conv3(x))
+        x = self.dropout(self.dense(self.flatten(x)), training=training)
+        return self.logits(x)
+
+
+@register("book_cnn_subclass")
+def book_cnn_subclass(input_shape, num_classes, dropout=0.4):
+    model = BookCNN(num_classes, dropout, name="book_cnn_subclass")
+    model(ops.zeros((1, *input_shape)))  # create the weights
+    return model
+
+
+# --- The book's best model and the tutorial's -----------------------------------------
+
+def conv_bn_relu(filters):
+    return [layers.Conv2D(filters, 3, padding="same", use_bias=False),  # BN has the bias
+            layers.BatchNormalization(), layers.ReLU()]
+
+
+@register("bn_cnn")
+def bn_cnn(input_shape, num_classes, dropout=0.4):
+    """The book's best network: Conv-BatchNorm-ReLU blocks, Dense-BatchNorm-ReLU, dropout."""
+    return keras.Sequential([
+        keras.Input(input_shape),
+        *conv_bn_relu(32), layers.MaxPool2D(padding="same"),     # (B, 14, 14, 32)
+        *conv_bn_relu(64), layers.MaxPool2D(padding="same"),     # (B, 7, 7, 64)
+        *conv_bn_relu(128), layers.MaxPool2D(padding="same"),    # (B, 4, 4, 128)
+        layers.Flatten(),
+        layers.Dense(256, use_bias=False), layers.BatchNormalization(), layers.ReLU(),
+        layers.Dropout(dropout),
+        logits_layer(num_classes),
+    ], name="bn_cnn")
 
 
 @register("tutorial_cnn")
 def tutorial_cnn(input_shape, num_classes, dropout=0.0):
     """The TensorFlow CIFAR-10 tutorial's CNN, with logits out (the tutorial's softmax is a bug)."""
-    import keras
-    from keras import layers
-
     head = [layers.Dropout(dropout)] if dropout else []
     return keras.Sequential([
         keras.Input(input_shape),
@@ -57,12 +132,51 @@ def tutorial_cnn(input_shape, num_classes, dropout=0.0):
         layers.Flatten(),
         layers.Dense(64, activation="relu"),
         *head,
-        layers.Dense(num_classes, dtype="float32"),               # logits, float32 in mixed precision
+        logits_layer(num_classes),
     ], name="tutorial_cnn")
 
 
+# --- Ensembles ---------------------------------------------------------------------
+
+class Ensemble(keras.Model):
+    """Members trained side by side on the same batches.
+
+    Returns the members' logits stacked, (members, batch, classes): each member
+    learns from its own loss, and the ensemble predicts with their sum.
+    """
+
+    def __init__(self, members, **kwargs):
+        super().__init__(**kwargs)
+        # One attribute each: tf.train.Checkpoint follows attributes, not Keras' tracked lists.
+        for i, member in enumerate(members):
+            setattr(self, f"member_{i}", member)
+        self.size = len(members)
+
+    @property
+    def members(self):
+        return [getattr(self, f"member_{i}") for i in range(self.size)]
+
+    def call(self, x, training=False):
+        return ops.stack([member(x, training=training) for member in self.members])
+
+
+@register("ensemble")
+def ensemble(input_shape, num_classes, members="book_cnn", size=5, dropout=0.4):
+    """`size` independently initialized copies of registered model `members`."""
+    if members == "ensemble" or members not in MODELS:
+        raise KeyError(f"model.members={members}: not an ensemble member; known: "
+                       f"{', '.join(sorted(set(MODELS) - {'ensemble'}))}")
+    nets = [create_model(members, input_shape, num_classes, dropout=dropout) for _ in range(size)]
+    model = Ensemble(nets, name=f"ensemble_{members}_x{size}")
+    model(ops.zeros((1, *input_shape)))
+    return model
+
+
 def create_model(name: str, input_shape, num_classes: int, **options):
-    """Builds registered model `name`; an unknown name lists the known ones."""
+    """Builds registered model `name` with the options its builder takes (the others are
+    for other models); an unknown name lists the known ones."""
     if name not in MODELS:
         raise KeyError(f"unknown model '{name}'; known: {', '.join(sorted(MODELS))}")
-    return MODELS[name](tuple(input_shape), num_classes, **options)
+    builder = MODELS[name]
+    accepted = inspect.signature(builder).parameters
+    return builder(tuple(input_shape), num_classes, **{k: v for k, v in options.items() if k in accepted})

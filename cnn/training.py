@@ -25,7 +25,7 @@ from cnn.checkpoint import (DirectoryLock, TrainState, check_identity,
                             restore_latest, write_identity)
 from cnn.config import Config, identity, run_name
 from cnn.errors import CheckpointError, ConfigError, TrainingError
-from cnn.models import MODELS, create_model
+from cnn.models import MODELS, Ensemble, create_model
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,20 @@ log = logging.getLogger(__name__)
 # --- The book's functions ----------------------------------------------------------
 
 def loss_fn(model, images, labels, training=False):
-    """Mean softmax cross-entropy on the model's logits. Returns (loss, logits)."""
-    logits = tf.cast(model(images, training=training), tf.float32)  # (B, classes)
-    losses = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-    return tf.reduce_mean(losses), logits
+    """Mean softmax cross-entropy on the model's logits. Returns (loss, logits).
+
+    An ensemble's logits are (members, B, classes): its loss is the sum of its
+    members' losses, so that each member learns as if alone.
+    """
+    logits = tf.cast(model(images, training=training), tf.float32)  # ([members,] B, classes)
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.broadcast_to(labels, tf.shape(logits)[:-1]), logits=logits)
+    return tf.reduce_sum(tf.reduce_mean(losses, axis=-1)), logits
+
+
+def predict(logits):
+    """Class scores from `loss_fn`'s logits: an ensemble sums its members'."""
+    return tf.reduce_sum(logits, axis=0) if logits.shape.rank == 3 else logits
 
 
 def grad(model, images, labels, optimizer=None):
@@ -71,7 +81,7 @@ def make_train_loop(state: TrainState, element_spec) -> Callable:
         loss, logits = train_step(state.model, state.optimizer, batch)
         labels = batch[1]
         state.loss.update_state(loss, sample_weight=tf.cast(tf.shape(labels)[0], tf.float32))
-        state.accuracy.update_state(labels, logits)
+        state.accuracy.update_state(labels, predict(logits))
         state.step.assign_add(1)
         # Remember the first step whose loss was not finite; read at save points only.
         first_bad = tf.logical_and(tf.logical_not(tf.math.is_finite(loss)), state.nonfinite_step < 0)
@@ -86,25 +96,36 @@ def make_train_loop(state: TrainState, element_spec) -> Callable:
 
 
 def make_evaluate(model, element_spec) -> Callable:
-    """Returns `evaluate(dataset) -> (loss, accuracy)` over a whole dataset, compiled once."""
+    """Returns `evaluate(dataset)` over a whole dataset, compiled once.
+
+    `evaluate` returns {"test_loss", "test_accuracy"}, and for an ensemble also
+    "member_test_accuracy", one per member.
+    """
+    members = len(model.members) if isinstance(model, Ensemble) else 0
     loss_metric = keras.metrics.Mean()
     accuracy = keras.metrics.SparseCategoricalAccuracy()
+    member_accuracy = [keras.metrics.SparseCategoricalAccuracy() for _ in range(members)]
+    all_metrics = [loss_metric, accuracy, *member_accuracy]
 
     @tf.function(input_signature=[element_spec])
     def eval_step(batch):
         images, labels = batch
         loss, logits = loss_fn(model, images, labels, training=False)
         loss_metric.update_state(loss, sample_weight=tf.cast(tf.shape(labels)[0], tf.float32))
-        accuracy.update_state(labels, logits)
+        accuracy.update_state(labels, predict(logits))
+        for i, metric in enumerate(member_accuracy):
+            metric.update_state(labels, logits[i])
 
-    def evaluate(dataset):
-        loss_metric.reset_state()
-        accuracy.reset_state()
+    def evaluate(dataset) -> dict:
+        for metric in all_metrics:
+            metric.reset_state()
         for batch in dataset:
             eval_step(batch)
-        return float(loss_metric.result()), float(accuracy.result())
+        results = {"test_loss": float(loss_metric.result()), "test_accuracy": float(accuracy.result())}
+        if members:
+            results["member_test_accuracy"] = [float(m.result()) for m in member_accuracy]
+        return results
 
-    evaluate.eval_step = eval_step
     return evaluate
 
 
@@ -120,10 +141,22 @@ def checkpoint_dir(config: Config) -> Path:
 def setup(config: Config) -> None:
     """Fresh Keras state, seeds, and (optionally) deterministic ops, before anything is built."""
     keras.backend.clear_session()  # jobs of a multirun share this process
+    logging.getLogger("absl").setLevel(logging.WARNING)  # checkpoint saves log at INFO
     keras.utils.set_random_seed(config.seed)
     keras.mixed_precision.set_global_policy(config.precision)  # also resets it to float32
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
+
+
+def learning_rate(config: Config):
+    """`lr`, or a Keras schedule starting at `lr` and indexed by the optimizer's step."""
+    s = config.schedule
+    if s.name == "exponential":
+        return keras.optimizers.schedules.ExponentialDecay(config.lr, s.decay_steps, s.decay_rate,
+                                                          staircase=s.staircase)
+    if s.name == "cosine":
+        return keras.optimizers.schedules.CosineDecay(config.lr, s.decay_steps, alpha=s.alpha)
+    return config.lr
 
 
 def create_state(config: Config, data: data_lib.Data) -> TrainState:
@@ -133,9 +166,13 @@ def create_state(config: Config, data: data_lib.Data) -> TrainState:
     """
     if config.model.name not in MODELS:
         raise ConfigError(f"model.name={config.model.name}: unknown; known: {', '.join(sorted(MODELS))}")
-    model = create_model(config.model.name, data.image_shape, data.num_classes,
-                         dropout=config.model.dropout)
-    optimizer = keras.optimizers.Adam(learning_rate=config.lr)
+    try:
+        model = create_model(config.model.name, data.image_shape, data.num_classes,
+                             dropout=config.model.dropout, members=config.model.members,
+                             size=config.model.size)
+    except KeyError as e:
+        raise ConfigError(e.args[0]) from None
+    optimizer = keras.optimizers.Adam(learning_rate=learning_rate(config))
     if config.precision == "mixed_float16":  # float16 gradients underflow without loss scaling
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return TrainState(model, optimizer)
@@ -264,12 +301,10 @@ def train_epoch(state, loop, dataset, manager, cadence, config: Config, start_st
     return EpochStats(step - start_step, done(step) - done(start_step), seconds, first_call_done)
 
 
-def _results(rows: list[dict], test_loss: float, test_accuracy: float, step: int, name: str,
-             directory: Path, manager) -> dict:
+def _results(rows: list[dict], evaluation: dict, step: int, name: str, directory: Path, manager) -> dict:
     rates = [r["images_per_sec"] for r in rows if r["images_per_sec"] > 0]
     return {
-        "test_accuracy": test_accuracy,
-        "test_loss": test_loss,
+        **evaluation,  # test_accuracy, test_loss (and member_test_accuracy)
         "epochs": rows[-1]["epoch"] if rows else 0,
         "steps": step,
         "train_images_per_sec": sum(rates) / len(rates) if rates else 0.0,
@@ -277,6 +312,15 @@ def _results(rows: list[dict], test_loss: float, test_accuracy: float, step: int
         "checkpoint": manager.latest_checkpoint,
         "checkpoint_dir": str(directory),
     }
+
+
+def _log_epoch(config: Config, row: dict, evaluation: dict, eval_seconds: float, save_seconds: float):
+    members = evaluation.get("member_test_accuracy")
+    log.info("epoch %d/%d  loss %.4f  accuracy %.4f  test loss %.4f  test accuracy %.4f  %.1f s  "
+             "%.0f images/s  (evaluation %.2f s, checkpoint %.2f s)%s", row["epoch"], config.epochs,
+             row["loss"], row["accuracy"], row["test_loss"], row["test_accuracy"], row["seconds"],
+             row["images_per_sec"], eval_seconds, save_seconds,
+             "  members " + " ".join(f"{a:.4f}" for a in members) if members else "")
 
 
 def train_and_evaluate(config: Config, workdir: str | Path, started: Optional[float] = None) -> dict:
@@ -294,6 +338,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, started: Optional[fl
     directory = checkpoint_dir(config)
     directory.mkdir(parents=True, exist_ok=True)
     spe = data_lib.steps_per_epoch(len(data.x_train), config.batch_size)
+    augment = config.dataset.augment
     with DirectoryLock(directory):
         restore_or_start(config, state, directory)
         write_identity(directory, identity(config), run_name(config))
@@ -306,13 +351,15 @@ def train_and_evaluate(config: Config, workdir: str | Path, started: Optional[fl
         cadence = Cadence(config.checkpoint.every_n_steps, config.checkpoint.every_n_minutes)
         log.info("run %s: %d examples, %d steps per epoch, checkpoints in %s",
                  run_name(config), len(data.x_train), spe, directory)
-        test_loss = test_accuracy = None
+        evaluation = None
         while step < config.epochs * spe:
             epoch = step // spe
             if step % spe == 0:
                 state.reset_metrics()
-            dataset = data_lib.train_dataset(data.x_train, data.y_train, config.batch_size,
-                                             config.seed, epoch, skip_batches=step % spe)
+            dataset = data_lib.train_dataset(
+                data.x_train, data.y_train, config.batch_size, config.seed, epoch, skip_batches=step % spe,
+                max_rotation=config.dataset.max_rotation if augment else 0.0,
+                max_shift=config.dataset.max_shift if augment else 0.0)
             stats = train_epoch(state, loop, dataset, manager, cadence, config, step, len(data.x_train))
             if started is not None and step == 0:
                 log.info("first %d step(s) done %.1f s after the process started",
@@ -320,31 +367,29 @@ def train_and_evaluate(config: Config, workdir: str | Path, started: Optional[fl
                          stats.first_call_done - started)
             step += stats.steps
             eval_start = time.perf_counter()
-            test_loss, test_accuracy = evaluate(test_ds)
+            evaluation = evaluate(test_ds)
             eval_seconds = time.perf_counter() - eval_start
-            row = {"epoch": epoch + 1, "step": step, "loss": float(state.loss.result()),
-                   "accuracy": float(state.accuracy.result()), "test_loss": test_loss,
-                   "test_accuracy": test_accuracy, "lr": float(state.optimizer.learning_rate.numpy()),
-                   "seconds": stats.seconds, "images_per_sec": stats.images / stats.seconds}
-            rows.append(row)
+            rows.append({"epoch": epoch + 1, "step": step, "loss": float(state.loss.result()),
+                         "accuracy": float(state.accuracy.result()), "test_loss": evaluation["test_loss"],
+                         "test_accuracy": evaluation["test_accuracy"],
+                         "lr": float(state.optimizer.learning_rate.numpy()),  # the rate of the next step
+                         "seconds": stats.seconds, "images_per_sec": stats.images / stats.seconds})
             # The row goes first: if the save below never happens, the resumed run drops it.
             history.write_rows(directory / "metrics.csv", rows)
             history.write_rows(workdir / "metrics.csv", rows)
             save_start = time.perf_counter()
             save(state, manager, step)
             cadence.saved()
-            log.info("epoch %d/%d  loss %.4f  accuracy %.4f  test loss %.4f  test accuracy %.4f  "
-                     "%.1f s  %.0f images/s  (evaluation %.2f s, checkpoint %.2f s)",
-                     epoch + 1, config.epochs, row["loss"], row["accuracy"], test_loss, test_accuracy,
-                     stats.seconds, row["images_per_sec"], eval_seconds, time.perf_counter() - save_start)
-        if test_loss is None:  # already trained that far: report the checkpoint as it is
+            _log_epoch(config, rows[-1], evaluation, eval_seconds, time.perf_counter() - save_start)
+        if evaluation is None:  # already trained that far: report the checkpoint as it is
             log.info("already trained to epoch %d (step %d); evaluating only", step // spe, step)
-            test_loss, test_accuracy = evaluate(test_ds)
+            evaluation = evaluate(test_ds)
             history.write_rows(workdir / "metrics.csv", rows)
-        results = _results(rows, test_loss, test_accuracy, step, run_name(config), directory, manager)
+        results = _results(rows, evaluation, step, run_name(config), directory, manager)
     history.write_json(workdir / "results.json", results)
     history.write_json(directory / "results.json", results)
-    log.info("test accuracy %.4f, test loss %.4f after %d steps", test_accuracy, test_loss, step)
+    log.info("test accuracy %.4f, test loss %.4f after %d steps", results["test_accuracy"],
+             results["test_loss"], step)
     return results
 
 
@@ -363,10 +408,10 @@ def evaluate_checkpoint(config: Config, workdir: str | Path) -> dict:
         raise CheckpointError(f"mode=eval: no checkpoint in {directory}; train first "
                               "(same settings, mode=train) or pass resume=<checkpoint path>")
     test_ds = data_lib.test_dataset(data.x_test, data.y_test)
-    test_loss, test_accuracy = make_evaluate(state.model, test_ds.element_spec)(test_ds)
     results = {"checkpoint": path, "step": int(state.step.numpy()),
-               "test_loss": test_loss, "test_accuracy": test_accuracy}
-    log.info("%s (step %d): test loss %.4f, test accuracy %.4f", path, results["step"], test_loss, test_accuracy)
+               **make_evaluate(state.model, test_ds.element_spec)(test_ds)}
+    log.info("%s (step %d): test loss %.4f, test accuracy %.4f", path, results["step"],
+             results["test_loss"], results["test_accuracy"])
     Path(workdir).mkdir(parents=True, exist_ok=True)
     history.write_json(Path(workdir) / "eval.json", results)
     return results

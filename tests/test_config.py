@@ -79,3 +79,23 @@ def test_run_name_differs_with_the_hyperparameters():
                                                     "model.dropout=0.5", "dataset=fashion_mnist")}
     assert len(names) == 6
     assert run_name(to_config(load("lr=0.01"))).startswith("mnist-book_cnn-lr0.01-bs100-seed0-")
+
+
+@pytest.mark.parametrize("experiment", group_options("experiment"))
+def test_every_experiment_composes(experiment):
+    config = to_config(load(f"+experiment={experiment}"))
+    assert config.epochs >= 1
+
+
+def test_book_best_has_the_books_settings():
+    config = to_config(load("+experiment=book_best", "dataset=fashion_mnist"))
+    assert (config.model.name, config.model.members, config.model.size) == ("ensemble", "bn_cnn", 5)
+    assert config.dataset.name == "fashion_mnist" and config.dataset.augment
+    assert (config.dataset.max_rotation, config.dataset.max_shift) == (15.0, 2.0)
+    assert config.lr == 0.005 and config.schedule.name == "exponential" and config.schedule.staircase
+
+
+def test_cifar10_tutorial_experiment():
+    config = to_config(load("+experiment=cifar10_tutorial"))
+    assert (config.dataset.name, config.model.name, config.epochs, config.batch_size) == \
+        ("cifar10", "tutorial_cnn", 10, 32)

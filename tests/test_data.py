@@ -186,3 +186,34 @@ def test_pipeline_gives_float_images_in_unit_range():
     images, labels = next(iter(data.train_dataset(x[..., None], y.astype(np.int32), 4, 0, 0)))
     assert images.dtype.name == "float32" and images.shape == (4, 28, 28, 1)
     assert 0.0 <= float(images.numpy().min()) and float(images.numpy().max()) <= 1.0
+
+
+def _images(ds):
+    return np.concatenate([x.numpy() for x, _ in ds])
+
+
+def test_augmentation_is_deterministic_per_seed_and_epoch():
+    x, y = make_images(40)
+    x = x[..., None]
+    y = y.astype(np.int32)
+    aug = lambda seed, epoch, **kw: _images(data.train_dataset(x, y, 16, seed, epoch, max_rotation=15.0,
+                                                               max_shift=2.0, **kw))
+    plain = _images(data.train_dataset(x, y, 16, 0, 0))
+    first = aug(0, 0)
+    np.testing.assert_array_equal(first, aug(0, 0))
+    assert not np.array_equal(first, plain)
+    assert not np.array_equal(first, aug(0, 1))
+    np.testing.assert_array_equal(aug(0, 0, skip_batches=1), first[16:])  # resuming mid-epoch
+    assert first.shape == plain.shape and 0 <= first.min() and first.max() <= 1
+
+
+def test_zero_augmentation_is_the_identity_and_a_shift_moves_pixels():
+    import tensorflow as tf
+
+    image = np.zeros((1, 8, 8, 1), np.float32)
+    image[0, 3, 4, 0] = 1.0
+    same = data.augment(tf.constant(image), tf.constant([1, 2], tf.int64), 0.0, 0.0).numpy()
+    np.testing.assert_array_equal(same, image)
+    shifted = data.augment(tf.constant(image), tf.constant([1, 2], tf.int64), 0.0, 2.0).numpy()
+    assert shifted.sum() > 0 and not np.array_equal(shifted, image)
+    assert np.argwhere(shifted[0, ..., 0] > 0.2).size  # the dot is still in the frame, moved

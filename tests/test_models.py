@@ -27,3 +27,72 @@ def test_unknown_model_lists_the_known_ones():
         create_model("resnet", (28, 28, 1), 10)
     for name in MODELS:
         assert name in str(e.value)
+
+
+BOOK_STYLES = ["book_cnn", "book_cnn_functional", "book_cnn_subclass"]
+
+
+@pytest.mark.parametrize("name", BOOK_STYLES[1:])
+def test_the_three_api_styles_are_one_network(name):
+    reference = create_model("book_cnn", (28, 28, 1), 10)
+    other = create_model(name, (28, 28, 1), 10)
+    assert other.count_params() == 619_786
+    assert [tuple(w.shape) for w in other.weights] == [tuple(w.shape) for w in reference.weights]
+    other.set_weights(reference.get_weights())
+    images = np.random.default_rng(1).random((8, 28, 28, 1), np.float32)
+    np.testing.assert_array_equal(other(images).numpy(), reference(images).numpy())
+
+
+def test_bn_cnn_has_batch_norm_everywhere():
+    model = create_model("bn_cnn", (28, 28, 1), 10)
+    norms = [l for l in model.layers if l.__class__.__name__ == "BatchNormalization"]
+    assert len(norms) == 4  # three conv blocks and the dense layer
+    assert model(np.zeros((2, 28, 28, 1), np.float32)).shape == (2, 10)
+
+
+def test_ensemble_stacks_independent_members():
+    model = create_model("ensemble", (28, 28, 1), 10, members="book_cnn", size=3, dropout=0.4)
+    images = np.random.default_rng(2).random((4, 28, 28, 1), np.float32)
+    logits = model(images).numpy()
+    assert logits.shape == (3, 4, 10)
+    assert model.count_params() == 3 * 619_786
+    assert not np.array_equal(logits[0], logits[1])  # members start apart
+    np.testing.assert_array_equal(logits[2], model.members[2](images).numpy())
+    assert len({v.path for v in model.weights}) == len(model.weights)  # unique names
+
+
+def test_every_model_variable_is_checkpointed():
+    """Layers Keras tracks but tf.train.Checkpoint does not would silently not be saved."""
+    import keras
+
+    from cnn.checkpoint import TrainState
+
+    for name in MODELS:
+        shape = (32, 32, 3) if name == "tutorial_cnn" else (28, 28, 1)
+        model = create_model(name, shape, 10, size=2)
+        TrainState(model, keras.optimizers.Adam())  # raises when a variable is not tracked
+
+
+def test_untracked_layers_are_refused():
+    import keras
+
+    from cnn.checkpoint import TrainState
+
+    class Hidden(keras.Model):
+        def __init__(self):
+            super().__init__()
+            # A list of models: Keras tracks it, tf.train.Checkpoint does not follow it.
+            self.parts = [keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])]
+
+        def call(self, x):
+            return self.parts[0](x)
+
+    model = Hidden()
+    model(np.zeros((1, 4), np.float32))
+    with pytest.raises(ValueError, match="would not save"):
+        TrainState(model, keras.optimizers.Adam())
+
+
+def test_ensemble_of_an_unknown_member():
+    with pytest.raises(KeyError, match="model.members=resnet"):
+        create_model("ensemble", (28, 28, 1), 10, members="resnet")

@@ -16,7 +16,8 @@ from cnn.errors import CheckpointError, TrainingError
 
 def make_config(tmp_path, data_dir=SAMPLE, **overrides) -> Config:
     ckpt = overrides.pop("checkpoint", {})
-    return Config(dataset=DatasetConfig("mnist", str(data_dir)), model=ModelConfig("book_cnn", 0.4),
+    return Config(dataset=overrides.pop("dataset", DatasetConfig("mnist", str(data_dir))),
+                  model=overrides.pop("model", ModelConfig("book_cnn", 0.4)),
                   lr=overrides.pop("lr", 0.001), epochs=overrides.pop("epochs", 1),
                   batch_size=overrides.pop("batch_size", 100), progress=False,
                   checkpoint=CheckpointConfig(dir=str(tmp_path / "ckpt"), **ckpt), **overrides)
@@ -81,7 +82,8 @@ def test_no_retracing_across_epochs_and_a_smaller_last_batch(tmp_path, sample):
 def test_steps_per_loop_gives_the_same_run(tmp_path, steps_per_loop):
     """Several steps per call keep the checkpoint cadence, the metrics and the exact result."""
     every = {"every_n_steps": 7, "keep": 100}
-    one = training.train_and_evaluate(make_config(tmp_path / "a", epochs=2, checkpoint=every), tmp_path / "a" / "run")
+    one = training.train_and_evaluate(make_config(tmp_path / "a", epochs=2, checkpoint=every, steps_per_loop=1),
+                                      tmp_path / "a" / "run")
     many = training.train_and_evaluate(make_config(tmp_path / "b", epochs=2, checkpoint=every,
                                                    steps_per_loop=steps_per_loop), tmp_path / "b" / "run")
     assert [Path(p).name for p in checkpoint.checkpoint_paths(tmp_path / "b" / "ckpt")] == \
@@ -273,3 +275,55 @@ def test_mixed_precision_trains_with_float32_logits_and_resumes(tmp_path, tiny_d
     assert state.model.layers[-1].compute_dtype == "float32"
     assert isinstance(state.optimizer, training.keras.optimizers.LossScaleOptimizer) == (precision == "mixed_float16")
     training.setup(make_config(tmp_path))  # back to float32 for the other tests
+
+
+@pytest.mark.parametrize("schedule,steps,expected", [
+    ({"name": "constant"}, [0, 1000], [0.01, 0.01]),
+    ({"name": "exponential", "decay_steps": 100, "decay_rate": 0.5, "staircase": True},
+     [0, 99, 100, 250], [0.01, 0.01, 0.005, 0.0025]),
+    ({"name": "exponential", "decay_steps": 100, "decay_rate": 0.5}, [50], [0.01 * 0.5 ** 0.5]),
+    ({"name": "cosine", "decay_steps": 100, "alpha": 0.1}, [0, 50, 100, 200], [0.01, 0.0055, 0.001, 0.001]),
+])
+def test_learning_rate_schedules(tmp_path, schedule, steps, expected):
+    from cnn.config import ScheduleConfig
+
+    rate = training.learning_rate(make_config(tmp_path, lr=0.01, schedule=ScheduleConfig(**schedule)))
+    values = [float(rate(s)) if callable(rate) else rate for s in steps]
+    np.testing.assert_allclose(values, expected, rtol=1e-5)
+
+
+def test_ensemble_trains_reports_members_and_round_trips(tmp_path):
+    from cnn.config import ModelConfig
+
+    config = lambda where, epochs, **kw: make_config(tmp_path / where, epochs=epochs,
+                                                     model=ModelConfig("ensemble", 0.4, "book_cnn", 2), **kw)
+    straight = training.train_and_evaluate(config("a", 2), tmp_path / "a" / "run")
+    assert len(straight["member_test_accuracy"]) == 2
+    assert straight["test_accuracy"] >= max(straight["member_test_accuracy"]) - 0.05
+    # Every member is in the checkpoint under the model: restore the model alone, evaluate.
+    sample = data.load("mnist", str(SAMPLE))
+    fresh = new_state(config("c", 1), sample).model
+    tf.train.Checkpoint(model=fresh).read(str(tmp_path / "a" / "ckpt" / "ckpt-40")).assert_existing_objects_matched()
+    test_ds = data.test_dataset(sample.x_test, sample.y_test)
+    assert training.make_evaluate(fresh, test_ds.element_spec)(test_ds)["member_test_accuracy"] == \
+        straight["member_test_accuracy"]
+    training.train_and_evaluate(config("b", 1), tmp_path / "b" / "r1")
+    resumed = training.train_and_evaluate(config("b", 2), tmp_path / "b" / "r2")
+    assert resumed == {**straight, "checkpoint": resumed["checkpoint"], "checkpoint_dir": resumed["checkpoint_dir"],
+                       "train_images_per_sec": resumed["train_images_per_sec"]}
+    assert_same_checkpoint(tmp_path / "a" / "ckpt" / "ckpt-40", tmp_path / "b" / "ckpt" / "ckpt-40")
+    evaluated = training.evaluate_checkpoint(config("b", 2, mode="eval"), tmp_path / "b" / "eval")
+    assert evaluated["member_test_accuracy"] == straight["member_test_accuracy"]
+
+
+def test_augmented_run_resumes_exactly(tmp_path):
+    every = {"every_n_steps": 7, "keep": 100}
+    aug = DatasetConfig("mnist", str(SAMPLE), augment=True)
+    cfg = lambda where: make_config(tmp_path / where, epochs=2, checkpoint=every, dataset=aug)
+    training.train_and_evaluate(cfg("a"), tmp_path / "a" / "run")
+    shutil.copytree(tmp_path / "a" / "ckpt", tmp_path / "b" / "ckpt")
+    for f in (tmp_path / "b" / "ckpt").glob("ckpt-*"):
+        if int(f.name.split(".")[0].split("-")[1]) > 28:
+            f.unlink()
+    training.train_and_evaluate(cfg("b"), tmp_path / "b" / "run")
+    assert_same_checkpoint(tmp_path / "a" / "ckpt" / "ckpt-40", tmp_path / "b" / "ckpt" / "ckpt-40")

@@ -1,0 +1,282 @@
+"""Throughput benchmark: our loop against Keras `Model.fit` (and PyTorch eager), one process.
+
+    python -m cnn.bench --data-dir ../shared/data/fashion-mnist --out docs/benchmarks.md
+
+Times the book CNN at one batch size, on the same data, for each precision and
+`steps_per_loop`; Keras fit of the same model; PyTorch eager of the same
+network when torch is installed. Reports images/s, GFLOP/s and the share of the
+matmul peak it measures itself, and the per-epoch overhead of evaluation,
+checkpointing and logging. Warm-up excluded; the median of several repetitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak(dtype: str, n: int = 2048, repeats: int = 10) -> float:
+    """GFLOP/s of an n x n matmul in `dtype`: the machine's practical peak."""
+    import tensorflow as tf
+
+    a = tf.random.stateless_uniform((n, n), (1, 2), dtype=tf.float32)
+    a = tf.cast(a, dtype)
+    matmul = tf.function(lambda x: tf.reduce_sum(tf.cast(tf.matmul(x, x)[0, :1], tf.float32)))
+    matmul(a).numpy()
+    return 2 * n**3 / median_time(lambda: matmul(a).numpy(), repeats) / 1e9
+
+
+def train_flops_per_image(model) -> float:
+    """Training FLOPs per image: 3x the forward multiply-adds of conv and dense layers."""
+    import keras
+
+    forward = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, h, w, c_out = layer.output.shape
+            kh, kw, c_in, _ = layer.kernel.shape
+            forward += 2 * h * w * kh * kw * c_in * c_out
+        elif isinstance(layer, keras.layers.Dense):
+            forward += 2 * layer.kernel.shape[0] * layer.kernel.shape[1]
+    return 3 * forward  # backward: twice the forward (input and weight gradients)
+
+
+def config_for(data_dir, precision="float32", steps_per_loop=1, batch_size=100, ckpt_dir=None):
+    from cnn.config import CheckpointConfig, Config, DatasetConfig, ModelConfig
+
+    return Config(dataset=DatasetConfig("fashion_mnist", data_dir, download=False),
+                  model=ModelConfig("book_cnn", 0.4), batch_size=batch_size, precision=precision,
+                  steps_per_loop=steps_per_loop, progress=False,
+                  checkpoint=CheckpointConfig(dir=ckpt_dir))
+
+
+def bench_loop(config, data, steps: int, repeats: int) -> float:
+    """Images/s of our compiled loop, `steps` steps per repetition."""
+    import tensorflow as tf
+
+    from cnn import data as data_lib
+    from cnn import training
+
+    training.setup(config)
+    state = training.create_state(config, data)
+    ds = data_lib.train_dataset(data.x_train, data.y_train, config.batch_size, config.seed, 0).repeat()
+    loop = training.make_train_loop(state, ds.element_spec)
+    iterator = iter(ds)
+
+    def run():
+        done = 0
+        while done < steps:
+            n = min(config.steps_per_loop, steps - done)
+            loop(iterator, tf.constant(n, tf.int32))
+            done += n
+        state.step.numpy()  # wait for the device
+
+    run()  # warm-up: trace, oneDNN primitive caches, tf.data buffers
+    return steps * config.batch_size / median_time(run, repeats)
+
+
+def bench_fit(config, data, steps: int, repeats: int) -> float:
+    """Images/s of Keras Model.fit on the same model, batch size and input pipeline."""
+    import keras
+
+    from cnn import data as data_lib
+    from cnn import training
+
+    training.setup(config)
+    model = training.create_state(config, data).model
+    model.compile(optimizer=keras.optimizers.Adam(config.lr),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    ds = data_lib.train_dataset(data.x_train, data.y_train, config.batch_size, config.seed, 0).repeat()
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.start)
+
+    times = []
+    model.fit(ds, epochs=repeats + 1, steps_per_epoch=steps, verbose=0, callbacks=[Timer()], shuffle=False)
+    return steps * config.batch_size / statistics.median(times[1:])  # the first: warm-up
+
+
+def bench_torch(data, batch_size: int, steps: int, repeats: int):
+    """Images/s of the same network in PyTorch eager on the CPU, or None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
+        nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),  # (B, 128, 4, 4)
+        nn.Flatten(), nn.Linear(2048, 256), nn.ReLU(), nn.Dropout(0.4), nn.Linear(256, 10))
+    assert sum(p.numel() for p in model.parameters()) == 619_786
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    x = torch.from_numpy(data.x_train[: steps * batch_size].astype(np.float32) / 255).permute(0, 3, 1, 2)
+    y = torch.from_numpy(data.y_train[: steps * batch_size].astype(np.int64))
+
+    def run():
+        for i in range(steps):
+            xb, yb = x[i * batch_size:(i + 1) * batch_size], y[i * batch_size:(i + 1) * batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(model(xb), yb).backward()
+            optimizer.step()
+
+    run()
+    return steps * batch_size / median_time(run, repeats), torch.__version__
+
+
+def epoch_overhead(config, data, repeats: int) -> dict:
+    """Seconds per epoch spent on evaluation, one checkpoint save, and the epoch's logging."""
+    from cnn import checkpoint as ckpt_lib
+    from cnn import data as data_lib
+    from cnn import history, training
+
+    training.setup(config)
+    state = training.create_state(config, data)
+    test_ds = data_lib.test_dataset(data.x_test, data.y_test)
+    evaluate = training.make_evaluate(state.model, test_ds.element_spec)
+    evaluate(test_ds)
+    with tempfile.TemporaryDirectory() as tmp:
+        manager = ckpt_lib.make_manager(state, Path(tmp), keep=3)
+        rows = [dict.fromkeys(history.COLUMNS, 0.5) for _ in range(15)]
+        log = logging.getLogger("cnn.bench.quiet")
+        log.disabled = True
+
+        def log_epoch():
+            history.write_rows(Path(tmp) / "metrics.csv", rows)
+            history.write_rows(Path(tmp) / "metrics2.csv", rows)
+            log.info("epoch %d/%d  loss %.4f", 1, 15, float(state.loss.result()))
+
+        return {"evaluation": median_time(lambda: evaluate(test_ds), repeats),
+                "checkpoint": median_time(lambda: training.save(state, manager, int(time.time() * 1e6)), repeats),
+                "logging": median_time(log_epoch, repeats)}
+
+
+def startup_times(data_dir: str) -> dict:
+    """`train.py --help` wall time, and the wait for the first training step of a real run."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    start = time.perf_counter()
+    subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"], check=True, capture_output=True, env=env)
+    help_seconds = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as tmp:
+        out = subprocess.run([sys.executable, str(ROOT / "train.py"), "dataset=fashion_mnist",
+                              f"dataset.data_dir={os.path.abspath(data_dir)}", "epochs=1",
+                              f"checkpoint.dir={tmp}/ckpt", f"hydra.run.dir={tmp}/run"],
+                             check=True, capture_output=True, text=True, env=env, cwd=tmp)
+    line = next(l for l in (out.stdout + out.stderr).splitlines() if "after the process started" in l)
+    return {"help": help_seconds, "first_step": float(line.split(" done ")[1].split(" s ")[0])}
+
+
+def machine() -> str:
+    import keras
+    import tensorflow as tf
+
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
+               platform.processor())
+    flags = open("/proc/cpuinfo").read()
+    features = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    gpus = tf.config.list_physical_devices("GPU")
+    return (f"{cpu}, {os.cpu_count()} cores ({', '.join(features)}), "
+            f"{'GPU: ' + ', '.join(g.name for g in gpus) if gpus else 'no GPU'}; "
+            f"Python {platform.python_version()}, TensorFlow {tf.__version__}, Keras {keras.__version__}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", required=True, help="Fashion-MNIST IDX files")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=100, help="steps per timed repetition")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps-per-loop", type=int, nargs="+", default=[1, 10, 100])
+    parser.add_argument("--out", help="also write the Markdown report here")
+    args = parser.parse_args(argv)
+
+    import tensorflow as tf
+
+    from cnn import data as data_lib
+    from cnn import training
+
+    data = data_lib.load("fashion_mnist", args.data_dir, download=False)
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    precisions = ["float32", "mixed_bfloat16"] + (["mixed_float16"] if gpu else [])
+    peaks = {"float32": matmul_peak("float32"), "mixed_bfloat16": matmul_peak("bfloat16")}
+    if gpu:
+        peaks["mixed_float16"] = matmul_peak("float16")
+    training.setup(config_for(args.data_dir))
+    flops = train_flops_per_image(training.create_state(config_for(args.data_dir), data).model)
+
+    rows = []  # (what, precision, images/s)
+    fit_f32 = bench_fit(config_for(args.data_dir, batch_size=args.batch_size), data, args.steps, args.repeats)
+    rows.append(("Keras `Model.fit`", "float32", fit_f32))
+    rows.append(("Keras `Model.fit`", "mixed_bfloat16", bench_fit(
+        config_for(args.data_dir, "mixed_bfloat16", batch_size=args.batch_size), data, args.steps, args.repeats)))
+    for precision in precisions:
+        for spl in args.steps_per_loop:
+            config = config_for(args.data_dir, precision, spl, args.batch_size)
+            rows.append((f"our loop, steps_per_loop={spl}", precision, bench_loop(config, data, args.steps, args.repeats)))
+            print(f"  {rows[-1][0]:<32} {precision:<15} {rows[-1][2]:8.0f} images/s", flush=True)
+    torch_result = bench_torch(data, args.batch_size, args.steps, args.repeats)
+    if torch_result:
+        rows.append((f"PyTorch {torch_result[1]} eager", "float32", torch_result[0]))
+
+    lines = [f"Machine: {machine()}.", "",
+             f"Book CNN (619,786 parameters), batch {args.batch_size}, Fashion-MNIST; {args.steps} steps per "
+             f"repetition, median of {args.repeats} after a warm-up; training step "
+             f"{flops / 1e6:.1f} MFLOP per image. Matmul peak measured here: "
+             + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()) + ".", "",
+             "| what | precision | images/s | GFLOP/s | share of matmul peak | vs fit float32 |",
+             "|---|---|---:|---:|---:|---:|"]
+    for what, precision, ips in rows:
+        gflops = ips * flops / 1e9
+        lines.append(f"| {what} | {precision} | {ips:,.0f} | {gflops:.0f} | "
+                     f"{gflops / peaks[precision]:.0%} | {ips / fit_f32:.2f}x |")
+
+    default_ips = next(ips for what, p, ips in rows if p == "float32" and what.endswith("steps_per_loop=1"))
+    epoch_seconds = len(data.x_train) / default_ips
+    lines += ["", f"Per-epoch overhead, float32, steps_per_loop=1 (one epoch of training steps: "
+                  f"{epoch_seconds:.1f} s at {default_ips:,.0f} images/s):", "",
+              "| work per epoch | seconds | share of the epoch's train-step time |", "|---|---:|---:|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        overhead = epoch_overhead(config_for(args.data_dir, ckpt_dir=tmp), data, args.repeats)
+    for what, seconds in [*overhead.items(), ("all three", sum(overhead.values()))]:
+        lines.append(f"| {what} | {seconds:.3f} | {seconds / epoch_seconds:.1%} |")
+    startup = startup_times(args.data_dir)
+    lines += ["", f"`python train.py --help`: {startup['help']:.2f} s. First training step of "
+                  f"`python train.py dataset=fashion_mnist dataset.data_dir=... epochs=1` done "
+                  f"{startup['first_step']:.1f} s after the process started."]
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if args.out:
+        Path(args.out).write_text(report)
+
+
+if __name__ == "__main__":
+    main()
