@@ -11,13 +11,16 @@ STARTED = [time.time()]  # before the imports: the wait for the first step is me
 
 import logging  # noqa: E402
 import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from cnn.config import register_configs, to_config  # noqa: E402
 from cnn.errors import CnnError  # noqa: E402
+from cnn.history import write_json  # noqa: E402
 
 log = logging.getLogger("train")
 register_configs()
@@ -25,19 +28,34 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    """Runs one job; returns the test accuracy, the objective for sweepers."""
+    """Runs one job; returns the test accuracy, the objective for sweepers.
+
+    In a multirun a failing job records its error in results.json and returns NaN,
+    so the other jobs still run; the sweep's report then names it and the sweep
+    exits non-zero.
+    """
+    hydra_config = HydraConfig.get()
+    workdir = hydra_config.runtime.output_dir
+    multirun = hydra_config.mode == RunMode.MULTIRUN
     try:
         config = to_config(cfg)
         from cnn import training  # imports TensorFlow
 
-        workdir = HydraConfig.get().runtime.output_dir
         started = STARTED.pop() if STARTED else time.time()  # later multirun jobs: from their start
         if config.mode == "eval":
             return training.evaluate_checkpoint(config, workdir)["test_accuracy"]
         return training.train_and_evaluate(config, workdir, started=started)["test_accuracy"]
-    except CnnError as e:
-        log.error("%s", e)
-        sys.exit(1)
+    except Exception as e:  # noqa: BLE001  (a multirun goes on; a single run stops)
+        if isinstance(e, CnnError):
+            log.error("%s", e)
+        elif multirun:
+            log.exception("the job failed")
+        else:
+            raise
+        if not multirun:
+            sys.exit(1)
+        write_json(Path(workdir) / "results.json", {"status": "failed", "error": f"{type(e).__name__}: {e}"})
+        return float("nan")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import keras
 import tensorflow as tf
 
 from cnn.errors import CheckpointError
+from cnn.history import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -208,13 +209,6 @@ def write_identity(directory: Path, identity: dict, run_name: str) -> None:
     path = directory / IDENTITY_FILE
     if not path.exists():
         atomic_write(path, json.dumps({"run_name": run_name, "identity": identity}, indent=2) + "\n")
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Writes `text` to `path` so that a crash leaves the old or the new file, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def make_manager(state: TrainState, directory: Path, keep: int) -> tf.train.CheckpointManager:

@@ -5,13 +5,27 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
-
-from cnn.checkpoint import atomic_write
 
 COLUMNS = ("epoch", "step", "loss", "accuracy", "test_loss", "test_accuracy", "lr",
            "seconds", "images_per_sec")
 TIMING_COLUMNS = ("seconds", "images_per_sec")  # vary from run to run; the rest is exact
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Writes `text` to `path` so that a crash leaves the old or the new file, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def read_json(path: Path):
+    """The parsed file, or None if it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def read_rows(path: Path) -> list[dict]:

@@ -10,6 +10,7 @@ metrics files. Everything a resumed run needs lives in one `TrainState`.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -301,9 +302,28 @@ def train_epoch(state, loop, dataset, manager, cadence, config: Config, start_st
     return EpochStats(step - start_step, done(step) - done(start_step), seconds, first_call_done)
 
 
-def _results(rows: list[dict], evaluation: dict, step: int, name: str, directory: Path, manager) -> dict:
+def rss_mb() -> float:
+    """This process's resident memory now, in MB (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def finished_results(config: Config, directory: Path) -> Optional[dict]:
+    """The saved results of this run if it already trained to `config.epochs` and nothing
+    has been saved since; else None. Raises CheckpointError for another run's directory."""
+    results = history.read_json(directory / "results.json")
+    if config.resume != "auto" or not results or results.get("epochs") != config.epochs:
+        return None
+    check_identity(directory, identity(config))
+    paths = checkpoint_paths(directory)
+    return results if paths and results.get("checkpoint") == paths[-1] else None
+
+
+def _results(rows: list[dict], evaluation: dict, step: int, name: str, directory: Path, manager,
+             status: str) -> dict:
     rates = [r["images_per_sec"] for r in rows if r["images_per_sec"] > 0]
     return {
+        "status": status,  # how this invocation began: started, resumed (or skipped, when finished)
         **evaluation,  # test_accuracy, test_loss (and member_test_accuracy)
         "epochs": rows[-1]["epoch"] if rows else 0,
         "steps": step,
@@ -311,6 +331,8 @@ def _results(rows: list[dict], evaluation: dict, step: int, name: str, directory
         "run_name": name,
         "checkpoint": manager.latest_checkpoint,
         "checkpoint_dir": str(directory),
+        "rss_mb": rss_mb(),
+        "pid": os.getpid(),
     }
 
 
@@ -332,15 +354,22 @@ def train_and_evaluate(config: Config, workdir: str | Path, started: Optional[fl
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    directory = checkpoint_dir(config)
+    finished = finished_results(config, directory)
+    if finished is not None:  # e.g. a rerun sweep: report it, train nothing, load nothing
+        log.info("finished earlier (%d epochs, test accuracy %.4f): skipped; its results are in %s",
+                 finished["epochs"], finished["test_accuracy"], directory)
+        history.write_rows(workdir / "metrics.csv", history.read_rows(directory / "metrics.csv"))
+        history.write_json(workdir / "results.json", {**finished, "status": "skipped"})
+        return {**finished, "status": "skipped"}
     setup(config)
     data = data_lib.load(config.dataset.name, config.dataset.data_dir, config.dataset.download)
     state = create_state(config, data)
-    directory = checkpoint_dir(config)
     directory.mkdir(parents=True, exist_ok=True)
     spe = data_lib.steps_per_epoch(len(data.x_train), config.batch_size)
     augment = config.dataset.augment
     with DirectoryLock(directory):
-        restore_or_start(config, state, directory)
+        status = "resumed" if restore_or_start(config, state, directory) else "started"
         write_identity(directory, identity(config), run_name(config))
         manager = make_manager(state, directory, config.checkpoint.keep)
         step = int(state.step.numpy())
@@ -385,7 +414,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, started: Optional[fl
             log.info("already trained to epoch %d (step %d); evaluating only", step // spe, step)
             evaluation = evaluate(test_ds)
             history.write_rows(workdir / "metrics.csv", rows)
-        results = _results(rows, evaluation, step, run_name(config), directory, manager)
+        results = _results(rows, evaluation, step, run_name(config), directory, manager, status)
     history.write_json(workdir / "results.json", results)
     history.write_json(directory / "results.json", results)
     log.info("test accuracy %.4f, test loss %.4f after %d steps", results["test_accuracy"],
