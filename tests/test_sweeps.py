@@ -115,3 +115,13 @@ def test_launcher_and_sweeper_configs_compose(overrides, target):
     assert target in cfg.hydra.launcher._target_ + cfg.hydra.sweeper._target_
     if overrides == ["+search=optuna"]:
         assert cfg.hydra.sweeper.direction == "maximize" and "lr" in cfg.hydra.sweeper.params
+
+
+@pytest.mark.slow
+def test_submitit_local_gives_every_job_a_fresh_process(tmp_path, tiny_data):
+    """The SLURM launcher's local twin: one new process per job, so memory cannot pile up."""
+    train(tmp_path, "-m", "hydra/launcher=submitit_local", "lr=0.01,0.001", f"dataset.data_dir={tiny_data}",
+          "epochs=1", "hydra.sweep.dir=sweep")
+    results = job_results(tmp_path / "sweep")
+    assert len(results) == 2 and results[0]["pid"] != results[1]["pid"]
+    assert {r["status"] for r in results.values()} == {"started"}
