@@ -155,24 +155,31 @@ def bench_torch(data, batch_size: int, steps: int, repeats: int):
 
 def epoch_overhead(config, data, repeats: int) -> dict:
     """Seconds per epoch spent on evaluation, one checkpoint save, and the epoch's logging."""
+    import tensorflow as tf
+
     from cnn import checkpoint as ckpt_lib
     from cnn import data as data_lib
-    from cnn import history, training
+    from cnn import history, plots, training
 
     training.setup(config)
     state = training.create_state(config, data)
     test_ds = data_lib.test_dataset(data.x_test, data.y_test)
     evaluate = training.make_evaluate(state.model, test_ds.element_spec)
-    evaluate(test_ds)
+    _, predictions = evaluate(test_ds)
     with tempfile.TemporaryDirectory() as tmp:
         manager = ckpt_lib.make_manager(state, Path(tmp), keep=3)
-        rows = [dict.fromkeys(history.COLUMNS, 0.5) for _ in range(15)]
+        rows = [{**dict.fromkeys(history.COLUMNS, 0.5), "epoch": e + 1} for e in range(15)]
         log = logging.getLogger("cnn.bench.quiet")
         log.disabled = True
+        writer = tf.summary.create_file_writer(str(Path(tmp) / "tensorboard"))
 
-        def log_epoch():
+        def log_epoch():  # what train_and_evaluate does at an epoch end, but evaluating and saving
             history.write_rows(Path(tmp) / "metrics.csv", rows)
             history.write_rows(Path(tmp) / "metrics2.csv", rows)
+            with writer.as_default():
+                training.write_epoch_summaries(rows[-1], data.x_test, predictions, data.y_test,
+                                               data.class_names, 1)
+            plots.learning_curves(rows, Path(tmp) / "learning_curves.png")
             log.info("epoch %d/%d  loss %.4f", 1, 15, float(state.loss.result()))
 
         return {"evaluation": median_time(lambda: evaluate(test_ds), repeats),

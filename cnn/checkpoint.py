@@ -83,6 +83,8 @@ def check_identity(directory: Path, identity: dict) -> None:
         return
     try:
         saved = json.loads(path.read_text())["identity"]
+        if not isinstance(saved, dict):
+            raise TypeError("'identity' is not an object")
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: unreadable ({e}); it records which run owns {directory}. "
                               "Fix it or pass checkpoint.dir=<another dir>") from None
@@ -139,13 +141,13 @@ def restore(checkpoint: tf.train.Checkpoint, path: str) -> None:
     checkpoint.restore(path).assert_consumed()
 
 
-def restore_latest(checkpoint: tf.train.Checkpoint, directory: Path) -> Optional[str]:
+def restore_latest(checkpoint: tf.train.Checkpoint, directory: Path, repair: bool = True) -> Optional[str]:
     """Restores the newest usable checkpoint in `directory`, falling back past broken ones.
 
-    Broken checkpoints newer than the restored one are moved into `broken/`, so the
-    next save cannot be ordered behind them. Returns the restored path, or None when
-    the directory has no checkpoint. Raises CheckpointError when none can be restored
-    (and then moves nothing).
+    With `repair` (only for a directory this process has locked), broken checkpoints
+    newer than the restored one are moved into `broken/`, so the next save cannot be
+    ordered behind them. Returns the restored path, or None when the directory has
+    no checkpoint. Raises CheckpointError when none can be restored (moving nothing).
     """
     paths = checkpoint_paths(directory)
     broken = []
@@ -157,9 +159,10 @@ def restore_latest(checkpoint: tf.train.Checkpoint, directory: Path) -> Optional
             log.warning("checkpoint %s is unusable (%s); trying the one before it", path, reason[:300])
             broken.append(path)
             continue
-        for bad in broken:
-            _move_into(directory / "broken", bad)
-        _write_state_file(directory)
+        if repair:
+            for bad in broken:
+                _move_into(directory / "broken", bad)
+            _write_state_file(directory)
         return path
     if paths:
         raise CheckpointError(f"no usable checkpoint in {directory} ({len(paths)} tried); "

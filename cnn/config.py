@@ -69,6 +69,8 @@ class Config:
     resume: str = "auto"  # auto | never | <checkpoint path>
     deterministic: bool = True  # bitwise-reproducible ops (slower on GPU)
     progress: Optional[bool] = None  # progress bar; null: when on a terminal
+    summaries: Optional[bool] = None  # TensorBoard event files; null: when TensorBoard is installed
+    summary_every_n_steps: int = 100  # training scalars every N steps (epoch ones every epoch)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
@@ -85,6 +87,8 @@ NOT_IDENTITY = (
     "resume",
     "deterministic",
     "progress",
+    "summaries",
+    "summary_every_n_steps",
     "checkpoint",
     "dataset.data_dir",
     "dataset.download",
@@ -113,6 +117,7 @@ def validate(config: Config) -> None:
     checks = [
         (config.lr > 0, f"lr={config.lr}: must be > 0"),
         (config.epochs >= 1, f"epochs={config.epochs}: must be >= 1"),
+        (0 <= config.seed < 2**32, f"seed={config.seed}: must be in [0, 2**32)"),
         (config.batch_size >= 1, f"batch_size={config.batch_size}: must be >= 1"),
         (config.precision in PRECISIONS,
          f"precision={config.precision}: must be one of {', '.join(PRECISIONS)}"),
@@ -124,6 +129,8 @@ def validate(config: Config) -> None:
         (config.model.size >= 1, f"model.size={config.model.size}: must be >= 1"),
         (config.dataset.max_rotation >= 0 and config.dataset.max_shift >= 0,
          "dataset.max_rotation and dataset.max_shift must be >= 0"),
+        (config.summary_every_n_steps >= 1,
+         f"summary_every_n_steps={config.summary_every_n_steps}: must be >= 1"),
         (config.mode in MODES, f"mode={config.mode}: must be one of {', '.join(MODES)}"),
         (0 <= config.model.dropout < 1, f"model.dropout={config.model.dropout}: must be in [0, 1)"),
         (config.checkpoint.keep >= 1, f"checkpoint.keep={config.checkpoint.keep}: must be >= 1"),
@@ -158,13 +165,13 @@ def identity(config: Config) -> dict:
     }
 
 
-def run_name(config: Config) -> str:
-    """A readable, unique directory name for the run's identity.
+def run_name(config: Config, data_fingerprint: Optional[str] = None) -> str:
+    """A readable, unique directory name for the run's identity and data.
 
     e.g. 'mnist-book_cnn-lr0.001-bs100-seed0-3f2a9c1e'; the hash covers every
-    identity key, the readable part only the usual ones.
+    identity key and the data's fingerprint, the readable part the usual keys.
     """
-    ident = identity(config)
+    ident = {**identity(config), "data": data_fingerprint}
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
     return (f"{config.dataset.name}-{config.model.name}-lr{config.lr:g}"
             f"-bs{config.batch_size}-seed{config.seed}-{digest}")

@@ -127,8 +127,9 @@ def load_mnist_npz(path: Path, name: str = "mnist") -> Data:
     try:
         with np.load(path, allow_pickle=False) as f:
             x_train, y_train, x_test, y_test = (f[k] for k in ("x_train", "y_train", "x_test", "y_test"))
-    except (OSError, ValueError, KeyError, EOFError, zlib.error) as e:
-        raise DataError(f"{path}: not a readable mnist.npz ({e}); delete it and fetch it again") from None
+    except Exception as e:  # zipfile.BadZipFile, OSError, KeyError, ...: all mean a bad file
+        raise DataError(f"{path}: not a readable mnist.npz ({type(e).__name__}: {e}); "
+                        "delete it and fetch it again") from None
     _check_pair(x_train, y_train, str(path))
     _check_pair(x_test, y_test, str(path))
     return Data(name, x_train.astype(np.uint8)[..., None], y_train.astype(np.int32),
@@ -237,6 +238,29 @@ DATASETS = ("mnist", "fashion_mnist", "cifar10")
 SOURCES = {"mnist": MNIST_URL, "fashion_mnist": FASHION_URL, "cifar10": CIFAR10_URL}
 
 
+def check(data: Data, where: str) -> Data:
+    """Raises DataError unless train and test images agree in shape and labels fit the classes."""
+    if data.x_train.shape[1:] != data.x_test.shape[1:]:
+        raise DataError(f"{where}: training images {data.x_train.shape[1:]} and test images "
+                        f"{data.x_test.shape[1:]} differ in shape")
+    for split, labels in (("training", data.y_train), ("test", data.y_test)):
+        if len(labels) == 0 or labels.min() < 0 or labels.max() >= data.num_classes:
+            raise DataError(f"{where}: {split} labels must be 0..{data.num_classes - 1} "
+                            f"(found {labels.min() if len(labels) else 'none'}..{labels.max() if len(labels) else ''})")
+    return data
+
+
+def fingerprint(data: Data) -> str:
+    """A short digest of the data's content: the same files anywhere give the same value."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for array in (data.x_train, data.y_train, data.x_test, data.y_test):
+        digest.update(str(array.shape).encode())
+        digest.update(np.ascontiguousarray(array).data)
+    return f"{len(data.x_train)}+{len(data.x_test)}:{digest.hexdigest()[:12]}"
+
+
 def load(name: str, data_dir: Optional[str] = None, download: bool = True) -> Data:
     """Loads dataset `name`: from `data_dir` if given, else the Keras cache, else a download.
 
@@ -250,7 +274,7 @@ def load(name: str, data_dir: Optional[str] = None, download: bool = True) -> Da
     looked = []
     for description, loader in _local_candidates(name, directory):
         if loader is not None:
-            return loader()
+            return check(loader(), description)
         looked.append(description)
     hint = f"put the files in a directory and pass dataset.data_dir=/path/to/it"
     if directory is not None:
@@ -259,7 +283,7 @@ def load(name: str, data_dir: Optional[str] = None, download: bool = True) -> Da
         raise DataError(f"{name}: no data found, looked for {' or '.join(looked)}, "
                         f"and dataset.download=false. Fix: {hint}")
     try:
-        return _download(name)
+        return check(_download(name), f"{name} download")
     except DataError:
         raise
     except Exception as e:  # no network, bad checksum, disk full: all end the same way

@@ -21,11 +21,12 @@ def atomic_write(path: Path, text: str) -> None:
 
 
 def read_json(path: Path):
-    """The parsed file, or None if it is missing or unreadable."""
+    """The parsed JSON object, or None if the file is missing, unreadable or not an object."""
     try:
-        return json.loads(Path(path).read_text())
+        value = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
+    return value if isinstance(value, dict) else None
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -34,7 +35,11 @@ def read_rows(path: Path) -> list[dict]:
         return []
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    return [{k: (int(v) if k in ("epoch", "step") else float(v)) for k, v in r.items()} for r in rows]
+    try:
+        return [{k: (int(v) if k in ("epoch", "step") else float(v)) for k, v in r.items() if k in COLUMNS}
+                for r in rows]
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: malformed ({e})") from None
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:

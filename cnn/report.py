@@ -39,11 +39,18 @@ def collect(sweep_dir: Path) -> list[dict]:
     jobs = []
     for job_dir in sorted((p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").exists()),
                           key=lambda p: (len(p.name), p.name)):
-        overrides = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or []
-        pairs = dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
+        try:
+            overrides = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or []
+            pairs = dict(str(o).lstrip("+~").split("=", 1) for o in overrides if "=" in str(o))
+        except (yaml.YAMLError, ValueError, TypeError):
+            pairs = {}
         results = history.read_json(job_dir / "results.json") or {"status": "unfinished"}
+        try:
+            rows = history.read_rows(job_dir / "metrics.csv")
+        except ValueError as e:
+            rows, results = [], {**results, "error": str(e)}
         jobs.append({"job": job_dir.name, "overrides": pairs,  # {key: value as written}
-                     "results": results, "rows": history.read_rows(job_dir / "metrics.csv")})
+                     "results": results, "rows": rows})
     return jobs
 
 
@@ -140,13 +147,17 @@ class SweepReport(Callback):
 
         log = logging.getLogger("cnn.report")
         sweep_dir = Path(config.hydra.sweep.dir)
-        jobs = write_report(sweep_dir)
+        try:
+            jobs = write_report(sweep_dir)
+        except Exception:  # noqa: BLE001  (the sweep's exit status must still tell of failed jobs)
+            log.exception("could not write the sweep report")
+            jobs = collect(sweep_dir)
         counts = {}
         for job in jobs:
             counts[job["results"].get("status")] = counts.get(job["results"].get("status"), 0) + 1
         log.info("sweep of %d jobs: %s; report in %s", len(jobs),
                  ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=str)), sweep_dir / "report.md")
-        failed = [job["job"] for job in jobs if job["results"].get("status") in ("failed", "unfinished")]
+        failed = [job["job"] for job in jobs if job["results"].get("status") in ("failed", "unfinished", None)]
         if failed:  # SystemExit: Hydra turns exceptions in callbacks into warnings
             log.error("%d of %d jobs failed (jobs %s); see %s", len(failed), len(jobs), ", ".join(failed),
                       sweep_dir / "report.md")
@@ -159,9 +170,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         sys.exit(f"error: {args.sweep_dir}: no such directory")
-    jobs = write_report(args.sweep_dir)
-    if not jobs:
+    if not collect(args.sweep_dir):
         sys.exit(f"error: {args.sweep_dir}: no job directories (with .hydra/overrides.yaml) in it")
+    write_report(args.sweep_dir)
     print((args.sweep_dir / "report.md").read_text())
 
 

@@ -9,6 +9,7 @@ metrics files. Everything a resumed run needs lives in one `TrainState`.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sys
@@ -17,11 +18,12 @@ from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from cnn import data as data_lib
-from cnn import history
-from cnn.checkpoint import (DirectoryLock, TrainState, check_identity,
+from cnn import history, plots
+from cnn.checkpoint import (LOCK_FILE, DirectoryLock, TrainState, check_identity,
                             checkpoint_paths, make_manager, move_aside_contents, restore,
                             restore_latest, write_identity)
 from cnn.config import Config, identity, run_name
@@ -63,24 +65,31 @@ def grad(model, images, labels, optimizer=None):
 
 
 def train_step(model, optimizer, batch):
-    """One optimizer update on `batch` = (images, labels). Returns (loss, logits)."""
+    """One optimizer update on `batch` = (images, labels). Returns (loss, logits, grads)."""
     images, labels = batch
     loss, logits, grads = grad(model, images, labels, optimizer)
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
-    return loss, logits
+    return loss, logits, grads
 
 
-def make_train_loop(state: TrainState, element_spec) -> Callable:
+def make_train_loop(state: TrainState, element_spec, summaries: bool = False) -> Callable:
     """Compiles `loop(iterator, num_steps)`: `num_steps` training steps in one call.
 
     A `tf.range` loop inside one `tf.function`, as TF Model Garden's Orbit does, so
     the host pays one call per `steps_per_loop` steps. Each step also updates the
-    epoch metrics and the step counter. The signature is fixed (free batch size,
-    tensor step count), so nothing retraces: one trace per run.
+    epoch metrics and the step counter; with `summaries`, it writes loss, gradient norm
+    and learning rate to the default tf.summary writer when its record_if holds. The
+    signature is fixed (free batch size, tensor step count), so nothing retraces:
+    one trace per run.
     """
     def step(batch):
-        loss, logits = train_step(state.model, state.optimizer, batch)
+        loss, logits, grads = train_step(state.model, state.optimizer, batch)
         labels = batch[1]
+        if summaries:  # decided at trace time: tf.summary needs TensorBoard installed
+            with tf.name_scope("train/"):  # absolute: no "while/" prefix from the loop
+                tf.summary.scalar("loss", loss, step=state.step)
+                tf.summary.scalar("grad_norm", tf.linalg.global_norm(grads), step=state.step)
+                tf.summary.scalar("learning_rate", state.optimizer.learning_rate, step=state.step)
         state.loss.update_state(loss, sample_weight=tf.cast(tf.shape(labels)[0], tf.float32))
         state.accuracy.update_state(labels, predict(logits))
         state.step.assign_add(1)
@@ -99,8 +108,8 @@ def make_train_loop(state: TrainState, element_spec) -> Callable:
 def make_evaluate(model, element_spec) -> Callable:
     """Returns `evaluate(dataset)` over a whole dataset, compiled once.
 
-    `evaluate` returns {"test_loss", "test_accuracy"}, and for an ensemble also
-    "member_test_accuracy", one per member.
+    `evaluate` returns (metrics, predicted classes): metrics are {"test_loss",
+    "test_accuracy"}, and for an ensemble also "member_test_accuracy", one per member.
     """
     members = len(model.members) if isinstance(model, Ensemble) else 0
     loss_metric = keras.metrics.Mean()
@@ -116,27 +125,32 @@ def make_evaluate(model, element_spec) -> Callable:
         accuracy.update_state(labels, predict(logits))
         for i, metric in enumerate(member_accuracy):
             metric.update_state(labels, logits[i])
+        return tf.argmax(predict(logits), axis=-1, output_type=tf.int32)
 
-    def evaluate(dataset) -> dict:
+    def evaluate(dataset) -> tuple[dict, np.ndarray]:
         for metric in all_metrics:
             metric.reset_state()
-        for batch in dataset:
-            eval_step(batch)
+        predictions = [eval_step(batch) for batch in dataset]
         results = {"test_loss": float(loss_metric.result()), "test_accuracy": float(accuracy.result())}
         if members:
             results["member_test_accuracy"] = [float(m.result()) for m in member_accuracy]
-        return results
+        return results, np.concatenate([p.numpy() for p in predictions])
 
     return evaluate
 
 
 # --- Setting a run up --------------------------------------------------------------
 
-def checkpoint_dir(config: Config) -> Path:
-    """`checkpoint.dir`, or checkpoints/<run name> from the run's identity."""
+def checkpoint_dir(config: Config, data: data_lib.Data) -> Path:
+    """`checkpoint.dir`, or checkpoints/<run name> from the run's identity and data."""
     if config.checkpoint.dir is not None:
         return Path(config.checkpoint.dir).expanduser()
-    return Path("checkpoints") / run_name(config)
+    return Path("checkpoints") / run_name(config, data_lib.fingerprint(data))
+
+
+def run_identity(config: Config, data: data_lib.Data) -> dict:
+    """What a checkpoint directory records about its run: the identity keys and the data."""
+    return {**identity(config), "data": data_lib.fingerprint(data)}
 
 
 def setup(config: Config) -> None:
@@ -180,42 +194,47 @@ def create_state(config: Config, data: data_lib.Data) -> TrainState:
 
 
 def restore_given(state: TrainState, resume: str, ident: dict) -> str:
-    """Restores `resume`: a checkpoint prefix (<dir>/ckpt-600) or a directory (its latest)."""
+    """Restores `resume`: a checkpoint prefix (<dir>/ckpt-600) or a directory (its latest).
+    The directory is another run's: it is read, never repaired."""
     given = Path(resume).expanduser()
     check_identity(given if given.is_dir() else given.parent, ident)
     if given.is_dir():
-        path = restore_latest(state.checkpoint, given)
+        path = restore_latest(state.checkpoint, given, repair=False)
         if path is None:
             raise CheckpointError(f"resume={resume}: no checkpoint in that directory")
         return path
     if not Path(str(given) + ".index").exists():
         raise CheckpointError(f"resume={resume}: no such checkpoint "
                               "(give a directory or a prefix like <dir>/ckpt-600)")
-    restore(state.checkpoint, str(given))
+    try:
+        restore(state.checkpoint, str(given))
+    except Exception as e:  # damaged, or written by another model
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise CheckpointError(f"resume={resume}: cannot restore it ({reason})") from None
     return str(given)
 
 
-def restore_or_start(config: Config, state: TrainState, directory: Path) -> Optional[str]:
-    """Applies `resume`: a given path, else the run's own latest checkpoint, else scratch.
+def restore_or_start(config: Config, state: TrainState, directory: Path, ident: dict) -> Optional[str]:
+    """Applies `resume`: the run's own latest checkpoint, else a given path, else scratch.
 
+    `resume=<path>` seeds a run whose own directory is still empty; once the run has
+    saved, rerunning the command continues from its own checkpoints.
     Returns the restored checkpoint path, or None for a fresh start; logs which.
     """
-    own = checkpoint_paths(directory)
     if config.resume == "never":
-        if own:
-            log.info("resume=never: moved the existing checkpoints to %s", move_aside_contents(directory))
+        if any(entry.name != LOCK_FILE for entry in directory.iterdir()):
+            log.info("resume=never: moved what was in %s to %s", directory, move_aside_contents(directory))
         log.info("starting from scratch")
         return None
-    if config.resume == "auto":
-        check_identity(directory, identity(config))
-        path = restore_latest(state.checkpoint, directory)
-        log.info("resumed from %s" % path if path else f"no checkpoint in {directory}: starting from scratch")
-        return path
-    if own:
-        raise CheckpointError(f"resume={config.resume}: {directory} already has checkpoints of its own; "
-                              "pass checkpoint.dir=<a new dir> to continue from that checkpoint there")
-    path = restore_given(state, config.resume, identity(config))
-    log.info("resumed from %s (resume=%s)", path, config.resume)
+    check_identity(directory, ident)
+    path = restore_latest(state.checkpoint, directory)
+    if path is not None:
+        log.info("resumed from %s", path)
+    elif config.resume != "auto":
+        path = restore_given(state, config.resume, ident)
+        log.info("started from %s (resume=%s)", path, config.resume)
+    else:
+        log.info("no checkpoint in %s: starting from scratch", directory)
     return path
 
 
@@ -239,8 +258,11 @@ class Cadence:
 
 
 def check_finite(state: TrainState, manager) -> None:
-    """Stops the run if a loss was NaN/Inf; nothing is saved over the last good checkpoint."""
+    """Stops the run if a loss or a weight is NaN/Inf; nothing is saved over the last good
+    checkpoint. Called at save points only: one device read, not one per step."""
     bad = int(state.nonfinite_step.numpy())
+    if bad < 0 and not all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in state.model.trainable_weights):
+        bad = int(state.step.numpy())  # the loss was finite, but an update broke the weights
     if bad >= 0:
         raise TrainingError(f"the loss became NaN or Inf at step {bad}; stopped without saving "
                             f"(latest good checkpoint: {manager.latest_checkpoint}). "
@@ -308,13 +330,14 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def finished_results(config: Config, directory: Path) -> Optional[dict]:
+def finished_results(config: Config, directory: Path, ident: dict) -> Optional[dict]:
     """The saved results of this run if it already trained to `config.epochs` and nothing
     has been saved since; else None. Raises CheckpointError for another run's directory."""
     results = history.read_json(directory / "results.json")
-    if config.resume != "auto" or not results or results.get("epochs") != config.epochs:
+    if config.resume == "never" or not results or results.get("epochs") != config.epochs \
+            or "test_accuracy" not in results:
         return None
-    check_identity(directory, identity(config))
+    check_identity(directory, ident)
     paths = checkpoint_paths(directory)
     return results if paths and results.get("checkpoint") == paths[-1] else None
 
@@ -336,6 +359,13 @@ def _results(rows: list[dict], evaluation: dict, step: int, name: str, directory
     }
 
 
+def _read_rows(path: Path) -> list[dict]:
+    try:
+        return history.read_rows(path)
+    except ValueError as e:
+        raise CheckpointError(f"{e}; repair or delete it (the checkpoints do not depend on it)") from None
+
+
 def _log_epoch(config: Config, row: dict, evaluation: dict, eval_seconds: float, save_seconds: float):
     members = evaluation.get("member_test_accuracy")
     log.info("epoch %d/%d  loss %.4f  accuracy %.4f  test loss %.4f  test accuracy %.4f  %.1f s  "
@@ -345,41 +375,71 @@ def _log_epoch(config: Config, row: dict, evaluation: dict, eval_seconds: float,
              "  members " + " ".join(f"{a:.4f}" for a in members) if members else "")
 
 
+def write_epoch_summaries(row: dict, test_images, predictions, labels, class_names, step: int) -> None:
+    """Per-epoch scalars and up to 8 misclassified test images for TensorBoard."""
+    with tf.summary.record_if(True):  # every epoch, whatever summary_every_n_steps says
+        for key in ("loss", "accuracy", "test_loss", "test_accuracy", "lr"):
+            tf.summary.scalar(f"epoch/{key}", row[key], step=step)
+        wrong = np.flatnonzero(predictions != labels)[:8]
+        if len(wrong):
+            tf.summary.image("misclassified_test_images", test_images[wrong], step=step, max_outputs=8,
+                             description="; ".join(f"#{i}: predicted {class_names[predictions[i]]}, "
+                                                   f"true {class_names[labels[i]]}" for i in wrong))
+
+
+def summaries_enabled(config: Config) -> bool:
+    """`summaries`, where null means: when TensorBoard (which tf.summary needs) is installed."""
+    installed = importlib.util.find_spec("tensorboard") is not None
+    if config.summaries and not installed:
+        raise ConfigError("summaries=true needs TensorBoard: pip install -e \".[tensorboard]\" "
+                          "(or pass summaries=false)")
+    return installed if config.summaries is None else config.summaries
+
+
 def train_and_evaluate(config: Config, workdir: str | Path, started: Optional[float] = None) -> dict:
     """Trains one configured run to `config.epochs`, resuming from its checkpoints.
 
-    Writes metrics.csv and results.json into `workdir` (and the checkpoint
+    Writes metrics.csv, results.json, learning_curves.png and TensorBoard
+    summaries into `workdir` (metrics and results also into the checkpoint
     directory, which keeps the run's whole history). Returns the results.
     `started`: when the process started (time.time()), to log the wait for the first step.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    directory = checkpoint_dir(config)
-    finished = finished_results(config, directory)
-    if finished is not None:  # e.g. a rerun sweep: report it, train nothing, load nothing
+    data = data_lib.load(config.dataset.name, config.dataset.data_dir, config.dataset.download)
+    directory, ident = checkpoint_dir(config, data), run_identity(config, data)
+    finished = finished_results(config, directory, ident)
+    if finished is not None:  # e.g. a rerun sweep: report it, train nothing
         log.info("finished earlier (%d epochs, test accuracy %.4f): skipped; its results are in %s",
                  finished["epochs"], finished["test_accuracy"], directory)
-        history.write_rows(workdir / "metrics.csv", history.read_rows(directory / "metrics.csv"))
+        history.write_rows(workdir / "metrics.csv", _read_rows(directory / "metrics.csv"))
         history.write_json(workdir / "results.json", {**finished, "status": "skipped"})
         return {**finished, "status": "skipped"}
     setup(config)
-    data = data_lib.load(config.dataset.name, config.dataset.data_dir, config.dataset.download)
     state = create_state(config, data)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        lock = DirectoryLock(directory)
+    except OSError as e:
+        raise CheckpointError(f"checkpoint.dir={directory}: cannot use it ({e})") from None
     spe = data_lib.steps_per_epoch(len(data.x_train), config.batch_size)
     augment = config.dataset.augment
-    with DirectoryLock(directory):
-        status = "resumed" if restore_or_start(config, state, directory) else "started"
-        write_identity(directory, identity(config), run_name(config))
+    summaries = summaries_enabled(config)
+    writer = (tf.summary.create_file_writer(str(workdir / "tensorboard")) if summaries
+              else tf.summary.create_noop_writer())
+    with lock, writer.as_default(), \
+            tf.summary.record_if(lambda: state.step % config.summary_every_n_steps == 0):
+        status = "resumed" if restore_or_start(config, state, directory, ident) else "started"
+        write_identity(directory, ident, directory.name)
         manager = make_manager(state, directory, config.checkpoint.keep)
         step = int(state.step.numpy())
-        rows = [r for r in history.read_rows(directory / "metrics.csv") if r["epoch"] <= step // spe]
+        rows = [r for r in _read_rows(directory / "metrics.csv") if r["epoch"] <= step // spe]
         test_ds = data_lib.test_dataset(data.x_test, data.y_test)
         evaluate = make_evaluate(state.model, test_ds.element_spec)
-        loop = make_train_loop(state, test_ds.element_spec)
+        loop = make_train_loop(state, test_ds.element_spec, summaries)
         cadence = Cadence(config.checkpoint.every_n_steps, config.checkpoint.every_n_minutes)
         log.info("run %s: %d examples, %d steps per epoch, checkpoints in %s",
-                 run_name(config), len(data.x_train), spe, directory)
+                 directory.name, len(data.x_train), spe, directory)
         evaluation = None
         while step < config.epochs * spe:
             epoch = step // spe
@@ -389,6 +449,9 @@ def train_and_evaluate(config: Config, workdir: str | Path, started: Optional[fl
                 data.x_train, data.y_train, config.batch_size, config.seed, epoch, skip_batches=step % spe,
                 max_rotation=config.dataset.max_rotation if augment else 0.0,
                 max_shift=config.dataset.max_shift if augment else 0.0)
+            if summaries and evaluation is None:  # once per invocation: what the network is fed
+                with tf.summary.record_if(True):
+                    tf.summary.image("train_inputs", next(iter(dataset))[0][:8], step=step, max_outputs=8)
             stats = train_epoch(state, loop, dataset, manager, cadence, config, step, len(data.x_train))
             if started is not None and step == 0:
                 log.info("first %d step(s) done %.1f s after the process started",
@@ -396,7 +459,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, started: Optional[fl
                          stats.first_call_done - started)
             step += stats.steps
             eval_start = time.perf_counter()
-            evaluation = evaluate(test_ds)
+            evaluation, predictions = evaluate(test_ds)
             eval_seconds = time.perf_counter() - eval_start
             rows.append({"epoch": epoch + 1, "step": step, "loss": float(state.loss.result()),
                          "accuracy": float(state.accuracy.result()), "test_loss": evaluation["test_loss"],
@@ -409,12 +472,17 @@ def train_and_evaluate(config: Config, workdir: str | Path, started: Optional[fl
             save_start = time.perf_counter()
             save(state, manager, step)
             cadence.saved()
-            _log_epoch(config, rows[-1], evaluation, eval_seconds, time.perf_counter() - save_start)
+            save_seconds = time.perf_counter() - save_start
+            if summaries:
+                write_epoch_summaries(rows[-1], data.x_test, predictions, data.y_test, data.class_names, step)
+            plots.learning_curves(rows, workdir / "learning_curves.png")
+            _log_epoch(config, rows[-1], evaluation, eval_seconds, save_seconds)
         if evaluation is None:  # already trained that far: report the checkpoint as it is
             log.info("already trained to epoch %d (step %d); evaluating only", step // spe, step)
-            evaluation = evaluate(test_ds)
+            evaluation, _ = evaluate(test_ds)
             history.write_rows(workdir / "metrics.csv", rows)
-        results = _results(rows, evaluation, step, run_name(config), directory, manager, status)
+        results = _results(rows, evaluation, step, directory.name, directory, manager, status)
+    writer.close()
     history.write_json(workdir / "results.json", results)
     history.write_json(directory / "results.json", results)
     log.info("test accuracy %.4f, test loss %.4f after %d steps", results["test_accuracy"],
@@ -422,25 +490,42 @@ def train_and_evaluate(config: Config, workdir: str | Path, started: Optional[fl
     return results
 
 
+def evaluation_plots(data: data_lib.Data, predictions: np.ndarray, workdir: Path) -> dict:
+    """confusion_matrix.{png,csv}, per_class_accuracy.png and misclassified.png in `workdir`."""
+    matrix = plots.confusion_matrix(data.y_test, predictions, data.num_classes)
+    np.savetxt(workdir / "confusion_matrix.csv", matrix, fmt="%d", delimiter=",",
+               header=",".join(data.class_names))
+    plots.plot_confusion_matrix(matrix, data.class_names, workdir / "confusion_matrix.png")
+    plots.plot_per_class_accuracy(matrix, data.class_names, workdir / "per_class_accuracy.png")
+    wrong = np.flatnonzero(predictions != data.y_test)[:32]
+    plots.image_grid(data.x_test[wrong], [f"#{i} {data.class_names[predictions[i]]}\n(true {data.class_names[data.y_test[i]]})"
+                                          for i in wrong], workdir / "misclassified.png")
+    return {"per_class_accuracy": dict(zip(data.class_names, (np.diag(matrix) / matrix.sum(axis=1)).tolist()))}
+
+
 def evaluate_checkpoint(config: Config, workdir: str | Path) -> dict:
-    """mode=eval: restores the run's checkpoint (or `resume=<path>`) and evaluates it on the test set."""
-    directory = checkpoint_dir(config)
-    setup(config)
+    """mode=eval: restores the run's latest checkpoint (or `resume=<path>`), evaluates it on
+    the test set and writes results.json and the evaluation plots into `workdir`.
+    Reads checkpoint directories, never changes them."""
+    workdir = Path(workdir)
     data = data_lib.load(config.dataset.name, config.dataset.data_dir, config.dataset.download)
+    directory, ident = checkpoint_dir(config, data), run_identity(config, data)
+    setup(config)
     state = create_state(config, data)
     if config.resume not in ("auto", "never"):
-        path = restore_given(state, config.resume, identity(config))
+        path = restore_given(state, config.resume, ident)
     else:
-        check_identity(directory, identity(config))
-        path = restore_latest(state.checkpoint, directory) if directory.is_dir() else None
+        check_identity(directory, ident)
+        path = restore_latest(state.checkpoint, directory, repair=False) if directory.is_dir() else None
     if path is None:
         raise CheckpointError(f"mode=eval: no checkpoint in {directory}; train first "
                               "(same settings, mode=train) or pass resume=<checkpoint path>")
     test_ds = data_lib.test_dataset(data.x_test, data.y_test)
-    results = {"checkpoint": path, "step": int(state.step.numpy()),
-               **make_evaluate(state.model, test_ds.element_spec)(test_ds)}
-    log.info("%s (step %d): test loss %.4f, test accuracy %.4f", path, results["step"],
-             results["test_loss"], results["test_accuracy"])
-    Path(workdir).mkdir(parents=True, exist_ok=True)
-    history.write_json(Path(workdir) / "eval.json", results)
+    evaluation, predictions = make_evaluate(state.model, test_ds.element_spec)(test_ds)
+    workdir.mkdir(parents=True, exist_ok=True)
+    results = {"status": "evaluated", "checkpoint": path, "steps": int(state.step.numpy()), **evaluation,
+               **evaluation_plots(data, predictions, workdir)}
+    log.info("%s (step %d): test loss %.4f, test accuracy %.4f; plots in %s", path, results["steps"],
+             results["test_loss"], results["test_accuracy"], workdir)
+    history.write_json(workdir / "results.json", results)
     return results

@@ -81,10 +81,20 @@ def test_run_name_differs_with_the_hyperparameters():
     assert run_name(to_config(load("lr=0.01"))).startswith("mnist-book_cnn-lr0.01-bs100-seed0-")
 
 
-@pytest.mark.parametrize("experiment", group_options("experiment"))
+EXPERIMENT_MODELS = {"book_sequential": "book_cnn", "book_functional": "book_cnn_functional",
+                     "book_subclass": "book_cnn_subclass", "book_ensemble": "ensemble", "book_best": "ensemble",
+                     "cifar10_tutorial": "tutorial_cnn"}
+
+
+def test_every_experiment_is_listed():
+    assert sorted(EXPERIMENT_MODELS) == group_options("experiment")
+
+
+@pytest.mark.parametrize("experiment", sorted(EXPERIMENT_MODELS))
 def test_every_experiment_composes(experiment):
-    config = to_config(load(f"+experiment={experiment}"))
-    assert config.epochs >= 1
+    config = to_config(load(f"+experiment={experiment}", "dataset.data_dir=/data"))
+    assert config.model.name == EXPERIMENT_MODELS[experiment]
+    assert config.dataset.data_dir == "/data"  # command-line overrides still apply
 
 
 def test_book_best_has_the_books_settings():

@@ -185,7 +185,7 @@ def test_checkpoints_of_another_run_are_refused(tmp_path):
 def test_resume_never_moves_old_checkpoints_aside(tmp_path):
     training.train_and_evaluate(make_config(tmp_path, epochs=1), tmp_path / "run")
     results = training.train_and_evaluate(make_config(tmp_path, epochs=1, resume="never"), tmp_path / "run2")
-    assert results["steps"] == 20
+    assert results["steps"] == 20 and results["status"] == "started"
     (old,) = tmp_path.glob("ckpt.old-*")
     assert (old / "ckpt-20.index").exists() and (old / "metrics.csv").exists()
 
@@ -193,7 +193,12 @@ def test_resume_never_moves_old_checkpoints_aside(tmp_path):
 def test_resume_from_a_given_path(tmp_path):
     training.train_and_evaluate(make_config(tmp_path / "a", epochs=1), tmp_path / "run")
     config = make_config(tmp_path / "b", epochs=2, resume=str(tmp_path / "a" / "ckpt" / "ckpt-20"))
-    assert training.train_and_evaluate(config, tmp_path / "run2")["steps"] == 40
+    results = training.train_and_evaluate(config, tmp_path / "run2")
+    assert results["steps"] == 40 and results["status"] == "resumed"
+    assert [r["epoch"] for r in history.read_rows(tmp_path / "run2" / "metrics.csv")] == [2]  # trained epoch 2 only
+    # Rerunning the same command continues from the run's own checkpoints, not the given one.
+    again = training.train_and_evaluate(make_config(tmp_path / "b", epochs=3, resume=config.resume), tmp_path / "run3")
+    assert again["steps"] == 60 and again["status"] == "resumed"
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         training.train_and_evaluate(make_config(tmp_path / "c", resume=str(tmp_path / "nope")), tmp_path / "r")
 
@@ -234,7 +239,7 @@ def test_eval_mode_reports_what_training_reported(tmp_path):
     evaluated = training.evaluate_checkpoint(make_config(tmp_path, mode="eval"), tmp_path / "eval")
     assert evaluated["test_accuracy"] == trained["test_accuracy"]
     assert evaluated["test_loss"] == trained["test_loss"]
-    assert evaluated["step"] == 20
+    assert evaluated["steps"] == 20 and evaluated["status"] == "evaluated"
 
 
 def test_eval_without_a_checkpoint_says_train_first(tmp_path):
@@ -305,12 +310,12 @@ def test_ensemble_trains_reports_members_and_round_trips(tmp_path):
     fresh = new_state(config("c", 1), sample).model
     tf.train.Checkpoint(model=fresh).read(str(tmp_path / "a" / "ckpt" / "ckpt-40")).assert_existing_objects_matched()
     test_ds = data.test_dataset(sample.x_test, sample.y_test)
-    assert training.make_evaluate(fresh, test_ds.element_spec)(test_ds)["member_test_accuracy"] == \
+    assert training.make_evaluate(fresh, test_ds.element_spec)(test_ds)[0]["member_test_accuracy"] == \
         straight["member_test_accuracy"]
     training.train_and_evaluate(config("b", 1), tmp_path / "b" / "r1")
     resumed = training.train_and_evaluate(config("b", 2), tmp_path / "b" / "r2")
-    assert resumed == {**straight, "checkpoint": resumed["checkpoint"], "checkpoint_dir": resumed["checkpoint_dir"],
-                       "train_images_per_sec": resumed["train_images_per_sec"]}
+    same = ("test_accuracy", "test_loss", "member_test_accuracy", "epochs", "steps", "run_name")
+    assert {k: resumed[k] for k in same} == {k: straight[k] for k in same} and resumed["status"] == "resumed"
     assert_same_checkpoint(tmp_path / "a" / "ckpt" / "ckpt-40", tmp_path / "b" / "ckpt" / "ckpt-40")
     evaluated = training.evaluate_checkpoint(config("b", 2, mode="eval"), tmp_path / "b" / "eval")
     assert evaluated["member_test_accuracy"] == straight["member_test_accuracy"]

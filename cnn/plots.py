@@ -1,0 +1,105 @@
+"""Figures as PNG files: learning curves, evaluation plots, image grids, feature maps.
+
+Matplotlib's Agg backend only: works headless, never opens a window, never blocks.
+No TensorFlow here: everything takes numpy arrays.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+    return path
+
+
+def learning_curves(rows: Sequence[dict], path: Path) -> Path:
+    """Loss and train/test accuracy per epoch, from metrics.csv rows."""
+    plt = _pyplot()
+    epochs = [r["epoch"] for r in rows]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    loss_ax.plot(epochs, [r["loss"] for r in rows], marker=".", label="train")
+    loss_ax.plot(epochs, [r["test_loss"] for r in rows], marker=".", label="test")
+    acc_ax.plot(epochs, [r["accuracy"] for r in rows], marker=".", label="train")
+    acc_ax.plot(epochs, [r["test_accuracy"] for r in rows], marker=".", label="test")
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, path)
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """(true, predicted) counts, int64 (num_classes, num_classes)."""
+    matrix = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(matrix, (labels, predictions), 1)
+    return matrix
+
+
+def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: Path) -> Path:
+    plt = _pyplot()
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.8 + 0.6 * n))
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
+                color="white" if count > matrix.max() / 2 else "black")
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), class_names)
+    ax.set(xlabel="predicted", ylabel="true", title="confusion matrix")
+    return _save(fig, path)
+
+
+def plot_per_class_accuracy(matrix: np.ndarray, class_names: Sequence[str], path: Path) -> Path:
+    plt = _pyplot()
+    accuracy = np.diag(matrix) / np.maximum(matrix.sum(axis=1), 1)
+    fig, ax = plt.subplots(figsize=(1.5 + 0.5 * len(class_names), 3.5))
+    ax.bar(range(len(class_names)), accuracy)
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set(ylim=(min(0.5, accuracy.min() - 0.05), 1.0), ylabel="test accuracy", title="accuracy per class")
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def image_grid(images: np.ndarray, titles: Sequence[str], path: Path, columns: int = 8) -> Path:
+    """Images (N, H, W, C) in [0, 1] (or uint8) in a grid with a title each."""
+    plt = _pyplot()
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, title in zip(axes.flat, images, titles):
+        ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None)
+        ax.set_title(title, fontsize=7)
+    return _save(fig, path)
+
+
+def feature_maps(maps: np.ndarray, title: str, path: Path) -> Path:
+    """Every channel of one layer's output (H, W, channels) as a grid of images."""
+    plt = _pyplot()
+    channels = maps.shape[-1]
+    columns = min(channels, 16)
+    rows = -(-channels // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(0.9 * columns, 0.9 * rows + 0.5), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for c, ax in enumerate(axes.flat[:channels]):
+        ax.imshow(maps[..., c], cmap="viridis")
+    fig.suptitle(f"{title}: {maps.shape[0]}x{maps.shape[1]}, {channels} channels", fontsize=9)
+    return _save(fig, path)
