@@ -55,6 +55,7 @@ def test_unknown_dataset_lists_the_options():
 
 @pytest.mark.parametrize("override,message", [
     ("lr=0", "lr=0.0: must be > 0"),
+    ("seed=-1", "seed=-1: must be in"),
     ("lr=-1", "must be > 0"),
     ("batch_size=0", "batch_size=0: must be >= 1"),
     ("epochs=0", "epochs=0: must be >= 1"),

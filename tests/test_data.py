@@ -217,3 +217,23 @@ def test_zero_augmentation_is_the_identity_and_a_shift_moves_pixels():
     shifted = data.augment(tf.constant(image), tf.constant([1, 2], tf.int64), 0.0, 2.0).numpy()
     assert shifted.sum() > 0 and not np.array_equal(shifted, image)
     assert np.argwhere(shifted[0, ..., 0] > 0.2).size  # the dot is still in the frame, moved
+
+
+def test_corrupt_npz_is_a_clear_error(tmp_path):
+    (tmp_path / "mnist.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(DataError, match="not a readable mnist.npz"):
+        data.load("mnist", str(tmp_path))
+
+
+def test_labels_beyond_the_classes_are_refused(tmp_path):
+    d = write_idx_dataset(tmp_path / "d")
+    write_idx(d / "t10k-labels-idx1-ubyte.gz", np.full(40, 12, np.uint8))
+    with pytest.raises(DataError, match="test labels must be 0..9"):
+        data.load("mnist", str(d))
+
+
+def test_fingerprint_follows_content_not_place(tmp_path):
+    a = data.load("mnist", str(write_idx_dataset(tmp_path / "a")))
+    b = data.load("mnist", str(write_idx_dataset(tmp_path / "b")))
+    c = data.load("mnist", str(write_idx_dataset(tmp_path / "c", seed=1)))
+    assert data.fingerprint(a) == data.fingerprint(b) != data.fingerprint(c)

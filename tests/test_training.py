@@ -332,3 +332,23 @@ def test_augmented_run_resumes_exactly(tmp_path):
             f.unlink()
     training.train_and_evaluate(cfg("b"), tmp_path / "b" / "run")
     assert_same_checkpoint(tmp_path / "a" / "ckpt" / "ckpt-40", tmp_path / "b" / "ckpt" / "ckpt-40")
+
+
+def test_other_data_gets_its_own_checkpoint_directory(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default checkpoints/ root
+    config = lambda data_dir: Config(dataset=DatasetConfig("mnist", str(data_dir)), model=ModelConfig("book_cnn", 0.4),
+                                     epochs=1, progress=False, summaries=False)
+    real = training.train_and_evaluate(config(SAMPLE), tmp_path / "r1")
+    toy = training.train_and_evaluate(config(tiny_data), tmp_path / "r2")
+    assert real["checkpoint_dir"] != toy["checkpoint_dir"] and toy["status"] == "started"
+    assert Path(real["checkpoint_dir"]).name.startswith("mnist-book_cnn-lr0.001-bs100-seed0-")
+
+
+def test_a_damaged_given_checkpoint_is_one_clear_error(tmp_path):
+    training.train_and_evaluate(make_config(tmp_path / "a", epochs=1), tmp_path / "run")
+    data_file = next((tmp_path / "a" / "ckpt").glob("ckpt-20.data-*"))
+    data_file.write_bytes(b"garbage")
+    config = make_config(tmp_path / "b", resume=str(tmp_path / "a" / "ckpt" / "ckpt-20"))
+    with pytest.raises(CheckpointError, match="cannot restore it"):
+        training.train_and_evaluate(config, tmp_path / "run2")
+    assert data_file.read_bytes() == b"garbage"  # another run's directory: read, not repaired
