@@ -276,7 +276,7 @@ def load(name: str, data_dir: Optional[str] = None, download: bool = True) -> Da
         if loader is not None:
             return check(loader(), description)
         looked.append(description)
-    hint = f"put the files in a directory and pass dataset.data_dir=/path/to/it"
+    hint = "put the files in a directory and pass dataset.data_dir=/path/to/it"
     if directory is not None:
         raise DataError(f"{name}: no data in {directory}; looked for {' or '.join(looked)}. Fix: {hint}")
     if not download:

@@ -141,16 +141,13 @@ def make_evaluate(model, element_spec) -> Callable:
 
 # --- Setting a run up --------------------------------------------------------------
 
-def checkpoint_dir(config: Config, data: data_lib.Data) -> Path:
-    """`checkpoint.dir`, or checkpoints/<run name> from the run's identity and data."""
-    if config.checkpoint.dir is not None:
-        return Path(config.checkpoint.dir).expanduser()
-    return Path("checkpoints") / run_name(config, data_lib.fingerprint(data))
-
-
-def run_identity(config: Config, data: data_lib.Data) -> dict:
-    """What a checkpoint directory records about its run: the identity keys and the data."""
-    return {**identity(config), "data": data_lib.fingerprint(data)}
+def checkpoint_dir_and_identity(config: Config, data: data_lib.Data) -> tuple[Path, dict]:
+    """The run's checkpoint directory (`checkpoint.dir`, or checkpoints/<run name> from the
+    identity and the data) and what that directory records about the run."""
+    fingerprint = data_lib.fingerprint(data)
+    directory = (Path(config.checkpoint.dir).expanduser() if config.checkpoint.dir is not None
+                 else Path("checkpoints") / run_name(config, fingerprint))
+    return directory, {**identity(config), "data": fingerprint}
 
 
 def setup(config: Config) -> None:
@@ -407,7 +404,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, started: Optional[fl
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     data = data_lib.load(config.dataset.name, config.dataset.data_dir, config.dataset.download)
-    directory, ident = checkpoint_dir(config, data), run_identity(config, data)
+    directory, ident = checkpoint_dir_and_identity(config, data)
     finished = finished_results(config, directory, ident)
     if finished is not None:  # e.g. a rerun sweep: report it, train nothing
         log.info("finished earlier (%d epochs, test accuracy %.4f): skipped; its results are in %s",
@@ -509,7 +506,7 @@ def evaluate_checkpoint(config: Config, workdir: str | Path) -> dict:
     Reads checkpoint directories, never changes them."""
     workdir = Path(workdir)
     data = data_lib.load(config.dataset.name, config.dataset.data_dir, config.dataset.download)
-    directory, ident = checkpoint_dir(config, data), run_identity(config, data)
+    directory, ident = checkpoint_dir_and_identity(config, data)
     setup(config)
     state = create_state(config, data)
     if config.resume not in ("auto", "never"):

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import SAMPLE, make_images
+from conftest import SAMPLE
 
 from cnn import checkpoint, data, history, training
 from cnn.config import CheckpointConfig, Config, DatasetConfig, ModelConfig
