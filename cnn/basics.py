@@ -49,11 +49,11 @@ def digit_examples(image: np.ndarray, seed: int = 0) -> dict:
 
 
 def _grid_figure(arrays: dict, path: Path) -> None:
-    from cnn.plots import _pyplot, _save
+    from cnn.plots import _save, figure
 
-    plt = _pyplot()
     panels = [(name, a[0, :, :, c]) for name, a in arrays.items() for c in range(a.shape[-1])]
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.6), squeeze=False)
+    fig = figure((2.2 * len(panels), 2.6))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (name, panel) in zip(axes.flat, panels):
         ax.imshow(panel, cmap="Greys")
         for (i, j), value in np.ndenumerate(panel):

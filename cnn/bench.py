@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import platform
 import statistics
@@ -154,7 +155,9 @@ def bench_torch(data, batch_size: int, steps: int, repeats: int):
 
 
 def epoch_overhead(config, data, repeats: int) -> dict:
-    """Seconds per epoch spent on evaluation, one checkpoint save, and the epoch's logging."""
+    """Seconds spent at an epoch end on evaluation, one checkpoint save, the epoch's
+    logging (metrics files, TensorBoard summaries, log line), and one drawing of
+    learning_curves.png."""
     import tensorflow as tf
 
     from cnn import checkpoint as ckpt_lib
@@ -173,18 +176,28 @@ def epoch_overhead(config, data, repeats: int) -> dict:
         log.disabled = True
         writer = tf.summary.create_file_writer(str(Path(tmp) / "tensorboard"))
 
-        def log_epoch():  # what train_and_evaluate does at an epoch end, but evaluating and saving
+        def log_epoch():  # what train_and_evaluate does at an epoch end, but evaluating, saving, drawing
             history.write_rows(Path(tmp) / "metrics.csv", rows)
             history.write_rows(Path(tmp) / "metrics2.csv", rows)
             with writer.as_default():
                 training.write_epoch_summaries(rows[-1], data.x_test, predictions, data.y_test,
                                                data.class_names, 1)
-            plots.learning_curves(rows, Path(tmp) / "learning_curves.png")
             log.info("epoch %d/%d  loss %.4f", 1, 15, float(state.loss.result()))
 
         return {"evaluation": median_time(lambda: evaluate(test_ds), repeats),
                 "checkpoint": median_time(lambda: training.save(state, manager, int(time.time() * 1e6)), repeats),
-                "logging": median_time(log_epoch, repeats)}
+                "logging": median_time(log_epoch, repeats),
+                "curves": median_time(lambda: plots.learning_curves(rows, Path(tmp) / "curves.png"), repeats)}
+
+
+def curve_drawings(epochs: int, epoch_seconds: float, every_n_minutes: float) -> int:
+    """How often train_and_evaluate draws learning_curves.png in `epochs` epochs of
+    `epoch_seconds` each: after the first and the last, at most every n minutes between."""
+    drawn, last = 0, -math.inf
+    for epoch in range(1, epochs + 1):
+        if epoch == epochs or epoch * epoch_seconds - last >= 60 * every_n_minutes:
+            drawn, last = drawn + 1, epoch * epoch_seconds
+    return drawn
 
 
 def startup_times(data_dir: str) -> dict:
@@ -266,14 +279,24 @@ def main(argv=None) -> None:
         lines.append(f"| {what} | {precision} | {ips:,.0f} | {gflops:.0f} | "
                      f"{gflops / peaks[precision]:.0%} | {ips / fit_f32:.2f}x |")
 
-    default_ips = next(ips for what, p, ips in rows if p == "float32" and what.endswith("steps_per_loop=1"))
+    from cnn.config import Config
+
+    defaults = Config()
+    spl = defaults.steps_per_loop if defaults.steps_per_loop in args.steps_per_loop else max(args.steps_per_loop)
+    default_ips = next(ips for what, p, ips in rows if p == "float32" and what.endswith(f"steps_per_loop={spl}"))
     epoch_seconds = len(data.x_train) / default_ips
-    lines += ["", f"Per-epoch overhead, float32, steps_per_loop=1 (one epoch of training steps: "
-                  f"{epoch_seconds:.1f} s at {default_ips:,.0f} images/s):", "",
-              "| work per epoch | seconds | share of the epoch's train-step time |", "|---|---:|---:|"]
     with tempfile.TemporaryDirectory() as tmp:
         overhead = epoch_overhead(config_for(args.data_dir, ckpt_dir=tmp), data, args.repeats)
-    for what, seconds in [*overhead.items(), ("all three", sum(overhead.values()))]:
+    drawings = curve_drawings(defaults.epochs, epoch_seconds, defaults.plot_every_n_minutes)
+    curves = overhead.pop("curves")
+    overhead["learning_curves.png"] = curves * drawings / defaults.epochs
+    lines += ["", f"Per-epoch overhead, float32, steps_per_loop={spl} (one epoch of training steps: "
+                  f"{epoch_seconds:.1f} s at {default_ips:,.0f} images/s). Drawing learning_curves.png "
+                  f"takes {curves:.3f} s; at this speed a {defaults.epochs}-epoch run draws it {drawings} "
+                  f"times (after the first and last epochs, and at most every "
+                  f"{defaults.plot_every_n_minutes:g} min between), so its row is the cost per epoch:", "",
+              "| work per epoch | seconds | share of the epoch's train-step time |", "|---|---:|---:|"]
+    for what, seconds in [*overhead.items(), ("all", sum(overhead.values()))]:
         lines.append(f"| {what} | {seconds:.3f} | {seconds / epoch_seconds:.1%} |")
     startup = startup_times(args.data_dir)
     lines += ["", f"`python train.py --help`: {startup['help']:.2f} s. First training step of "

@@ -24,9 +24,10 @@ class DatasetConfig:
     name: str = MISSING  # mnist | fashion_mnist | cifar10
     data_dir: Optional[str] = None  # null: Keras cache, then download
     download: bool = True  # fetch missing files from the canonical source
-    augment: bool = False  # random rotation and shift of the training images, on the fly
+    augment: bool = False  # random rotation and shift (and flip) of the training images, on the fly
     max_rotation: float = 15.0  # degrees, either way
     max_shift: float = 2.0  # pixels, each axis, either way
+    flip: bool = False  # with augment: mirror half the images left to right (clothes, objects; not digits)
 
 
 @dataclass
@@ -71,6 +72,7 @@ class Config:
     progress: Optional[bool] = None  # progress bar; null: when on a terminal
     summaries: Optional[bool] = None  # TensorBoard event files; null: when TensorBoard is installed
     summary_every_n_steps: int = 100  # training scalars every N steps (epoch ones every epoch)
+    plot_every_n_minutes: float = 1.0  # learning_curves.png redrawn at most this often, and at the end
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
@@ -89,6 +91,7 @@ NOT_IDENTITY = (
     "progress",
     "summaries",
     "summary_every_n_steps",
+    "plot_every_n_minutes",
     "checkpoint",
     "dataset.data_dir",
     "dataset.download",
@@ -131,6 +134,8 @@ def validate(config: Config) -> None:
          "dataset.max_rotation and dataset.max_shift must be >= 0"),
         (config.summary_every_n_steps >= 1,
          f"summary_every_n_steps={config.summary_every_n_steps}: must be >= 1"),
+        (config.plot_every_n_minutes >= 0,
+         f"plot_every_n_minutes={config.plot_every_n_minutes}: must be >= 0 (0: every epoch)"),
         (config.mode in MODES, f"mode={config.mode}: must be one of {', '.join(MODES)}"),
         (0 <= config.model.dropout < 1, f"model.dropout={config.model.dropout}: must be in [0, 1)"),
         (config.checkpoint.keep >= 1, f"checkpoint.keep={config.checkpoint.keep}: must be >= 1"),

@@ -305,9 +305,10 @@ def _normalize(images, labels):
     return tf.cast(images, tf.float32) / 255.0, labels  # (B, H, W, C) uint8 -> float32 in [0, 1]
 
 
-def augment(images, seed, max_rotation: float, max_shift: float):
+def augment(images, seed, max_rotation: float, max_shift: float, flip: bool = False):
     """Rotates each image by up to +-max_rotation degrees and shifts it by up to +-max_shift
-    pixels per axis, with stateless random numbers: the same `seed` gives the same images.
+    pixels per axis, and with `flip` mirrors half of them left to right, with stateless
+    random numbers: the same `seed` gives the same images. One resampling does it all.
 
     Args:
       images: (B, H, W, C) float32.
@@ -325,19 +326,27 @@ def augment(images, seed, max_rotation: float, max_shift: float):
     # rotation about the centre (Keras' RandomRotation offsets), then the shift.
     dx = ((width - 1) - (cos * (width - 1) - sin * (height - 1))) / 2 + shift[:, 0]
     dy = ((height - 1) - (sin * (width - 1) + cos * (height - 1))) / 2 + shift[:, 1]
+    a0, b0 = cos, sin
+    if flip:  # mirrored: output x reads what (width - 1 - x) read, so x's coefficients change sign
+        flip_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+        mirrored = tf.random.stateless_uniform([n], flip_seed) < 0.5
+        dx = tf.where(mirrored, dx + cos * (width - 1), dx)
+        dy = tf.where(mirrored, dy + sin * (width - 1), dy)
+        a0, b0 = tf.where(mirrored, -cos, cos), tf.where(mirrored, -sin, sin)
     zeros = tf.zeros_like(cos)
-    transforms = tf.stack([cos, -sin, dx, sin, cos, dy, zeros, zeros], axis=1)  # (B, 8)
+    transforms = tf.stack([a0, -sin, dx, b0, cos, dy, zeros, zeros], axis=1)  # (B, 8)
     return tf.raw_ops.ImageProjectiveTransformV3(
         images=images, transforms=transforms, output_shape=[height, width], fill_value=0.0,
         interpolation="BILINEAR", fill_mode="CONSTANT")
 
 
 def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epoch: int,
-                  skip_batches: int = 0, max_rotation: float = 0.0, max_shift: float = 0.0):
+                  skip_batches: int = 0, max_rotation: float = 0.0, max_shift: float = 0.0,
+                  flip: bool = False):
     """One epoch of shuffled training batches; `skip_batches` resumes inside the epoch.
 
-    The order, and the augmentation when max_rotation or max_shift is set, depend only
-    on (seed, epoch, batch index), so a resumed run sees the same batches.
+    The order, and the augmentation when max_rotation, max_shift or flip is set, depend
+    only on (seed, epoch, batch index), so a resumed run sees the same batches.
     """
     import tensorflow as tf
 
@@ -348,9 +357,9 @@ def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epoc
 
     def prepare(index, batch):
         images, labels = _normalize(*batch)
-        if max_rotation or max_shift:
+        if max_rotation or max_shift or flip:
             seed_pair = tf.stack([tf.constant(this_epoch, tf.int64), index])
-            images = augment(images, seed_pair, max_rotation, max_shift)
+            images = augment(images, seed_pair, max_rotation, max_shift, flip)
         return images, labels
 
     return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

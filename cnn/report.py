@@ -82,15 +82,13 @@ def _cell(value) -> str:
 
 def plot(jobs: list[dict], sweep_dir: Path) -> list[Path]:
     """objective_vs_<key>.png per swept key, and learning_curves.png."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: headless, never blocks
-    import matplotlib.pyplot as plt
+    from cnn.plots import figure
 
     written = []
     done = [job for job in jobs if _objective(job) > -math.inf]
     for key in swept_keys(jobs):
-        fig, ax = plt.subplots(figsize=(5, 3.5))
+        fig = figure((5, 3.5))
+        ax = fig.subplots()
         values = [_number(job["overrides"].get(key)) for job in done]
         numeric = all(v is not None for v in values)
         x = values if numeric else [str(job["overrides"].get(key)) for job in done]
@@ -100,11 +98,10 @@ def plot(jobs: list[dict], sweep_dir: Path) -> list[Path]:
         ax.set(xlabel=key, ylabel=OBJECTIVE, title=f"{OBJECTIVE} against {key}")
         ax.grid(alpha=0.3)
         path = sweep_dir / f"objective_vs_{key.replace('/', '_')}.png"
-        fig.tight_layout()
         fig.savefig(path, dpi=100)
-        plt.close(fig)
         written.append(path)
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = figure((10, 3.8))
+    loss_ax, acc_ax = fig.subplots(1, 2)
     for job in jobs:
         if job["rows"]:
             epochs = [r["epoch"] for r in job["rows"]]
@@ -116,10 +113,8 @@ def plot(jobs: list[dict], sweep_dir: Path) -> list[Path]:
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
     acc_ax.legend(fontsize=7)
-    fig.tight_layout()
     path = sweep_dir / "learning_curves.png"
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return [*written, path]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import os
 import sys
 import time
@@ -438,6 +439,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, started: Optional[fl
         log.info("run %s: %d examples, %d steps per epoch, checkpoints in %s",
                  directory.name, len(data.x_train), spe, directory)
         evaluation = None
+        plotted = -math.inf  # when learning_curves.png was last drawn (time.monotonic)
         while step < config.epochs * spe:
             epoch = step // spe
             if step % spe == 0:
@@ -445,7 +447,8 @@ def train_and_evaluate(config: Config, workdir: str | Path, started: Optional[fl
             dataset = data_lib.train_dataset(
                 data.x_train, data.y_train, config.batch_size, config.seed, epoch, skip_batches=step % spe,
                 max_rotation=config.dataset.max_rotation if augment else 0.0,
-                max_shift=config.dataset.max_shift if augment else 0.0)
+                max_shift=config.dataset.max_shift if augment else 0.0,
+                flip=config.dataset.flip and augment)
             if summaries and evaluation is None:  # once per invocation: what the network is fed
                 with tf.summary.record_if(True):
                     tf.summary.image("train_inputs", next(iter(dataset))[0][:8], step=step, max_outputs=8)
@@ -472,12 +475,16 @@ def train_and_evaluate(config: Config, workdir: str | Path, started: Optional[fl
             save_seconds = time.perf_counter() - save_start
             if summaries:
                 write_epoch_summaries(rows[-1], data.x_test, predictions, data.y_test, data.class_names, step)
-            plots.learning_curves(rows, workdir / "learning_curves.png")
+            if step >= config.epochs * spe or time.monotonic() - plotted >= 60 * config.plot_every_n_minutes:
+                plots.learning_curves(rows, workdir / "learning_curves.png")
+                plotted = time.monotonic()
             _log_epoch(config, rows[-1], evaluation, eval_seconds, save_seconds)
         if evaluation is None:  # already trained that far: report the checkpoint as it is
             log.info("already trained to epoch %d (step %d); evaluating only", step // spe, step)
             evaluation, _ = evaluate(test_ds)
             history.write_rows(workdir / "metrics.csv", rows)
+            if rows:
+                plots.learning_curves(rows, workdir / "learning_curves.png")
         results = _results(rows, evaluation, step, directory.name, directory, manager, status)
     writer.close()
     history.write_json(workdir / "results.json", results)

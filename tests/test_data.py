@@ -219,6 +219,23 @@ def test_zero_augmentation_is_the_identity_and_a_shift_moves_pixels():
     assert np.argwhere(shifted[0, ..., 0] > 0.2).size  # the dot is still in the frame, moved
 
 
+def test_flip_mirrors_half_the_images_exactly_and_leaves_the_others():
+    import tensorflow as tf
+
+    images = np.random.default_rng(5).random((64, 8, 8, 1)).astype(np.float32)
+    seed = tf.constant([5, 7], tf.int64)
+    flipped = data.augment(tf.constant(images), seed, 0.0, 0.0, flip=True).numpy()
+    mirrored = [np.array_equal(f, image[:, ::-1]) for f, image in zip(flipped, images)]
+    kept = [np.array_equal(f, image) for f, image in zip(flipped, images)]
+    assert all(m or k for m, k in zip(mirrored, kept))
+    assert 16 < sum(mirrored) < 48
+    # With rotation and shift too: the images it does not mirror get exactly the unflipped augmentation.
+    both = data.augment(tf.constant(images), seed, 15.0, 2.0, flip=True).numpy()
+    plain = data.augment(tf.constant(images), seed, 15.0, 2.0).numpy()
+    assert all(np.array_equal(both[i], plain[i]) for i in np.flatnonzero(kept))
+    assert not any(np.array_equal(both[i], plain[i]) for i in np.flatnonzero(mirrored))
+
+
 def test_corrupt_npz_is_a_clear_error(tmp_path):
     (tmp_path / "mnist.npz").write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(DataError, match="not a readable mnist.npz"):

@@ -50,6 +50,52 @@ def test_bn_cnn_has_batch_norm_everywhere():
     assert model(np.zeros((2, 28, 28, 1), np.float32)).shape == (2, 10)
 
 
+@pytest.mark.parametrize("shape", [(6, 5, 5, 3), (6, 4)])
+def test_fused_batch_norm_computes_what_the_keras_layer_does(shape):
+    import keras
+    import tensorflow as tf
+
+    from cnn.models import BatchNormalization
+
+    rng = np.random.default_rng(3)
+    x = tf.constant(rng.normal(1.0, 3.0, shape), tf.float32)
+    ours, keras_bn = BatchNormalization(momentum=0.9), keras.layers.BatchNormalization(momentum=0.9)
+    for layer in (ours, keras_bn):
+        layer.build(shape)
+    for a, b in zip(ours.weights, keras_bn.weights):
+        value = rng.uniform(0.5, 1.5, a.shape).astype(np.float32)
+        a.assign(value)
+        b.assign(value)
+    for training in (True, False):
+        grads = []
+        for layer in (ours, keras_bn):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x, training=training)
+                loss = tf.reduce_sum(y * tf.range(1.0, shape[-1] + 1.0))  # unequal weights per channel
+            grads.append((y, *tape.gradient(loss, [x, layer.gamma, layer.beta])))
+        for ours_value, keras_value in zip(*grads):
+            np.testing.assert_allclose(ours_value.numpy(), keras_value.numpy(), rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(ours.moving_mean.numpy(), keras_bn.moving_mean.numpy(), rtol=1e-6)
+        np.testing.assert_allclose(ours.moving_variance.numpy(), keras_bn.moving_variance.numpy(), rtol=1e-6)
+
+
+def test_fused_batch_norm_under_mixed_bfloat16_keeps_float32_statistics():
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = create_model("bn_cnn", (28, 28, 1), 10)
+        images = np.random.default_rng(4).random((8, 28, 28, 1), np.float32)
+        logits = model(images, training=True)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    norms = [l for l in model.layers if l.__class__.__name__ == "BatchNormalization"]
+    assert logits.dtype == "float32" and np.isfinite(logits.numpy()).all()
+    assert all(n.moving_mean.dtype == "float32" for n in norms)
+    assert not np.array_equal(norms[0].moving_mean.numpy(), np.zeros(32))  # updated in training
+
+
 def test_ensemble_stacks_independent_members():
     model = create_model("ensemble", (28, 28, 1), 10, members="book_cnn", size=3, dropout=0.4)
     images = np.random.default_rng(2).random((4, 28, 28, 1), np.float32)

@@ -9,7 +9,7 @@ import tensorflow as tf
 from conftest import SAMPLE
 from test_training import make_config
 
-from cnn import basics, training, visualize
+from cnn import basics, plots, training, visualize
 
 
 def png_shape(path: Path):
@@ -64,6 +64,17 @@ def test_summaries_can_be_turned_off(tmp_path):
     training.train_and_evaluate(make_config(tmp_path, summaries=False), tmp_path / "run")
     assert not (tmp_path / "run" / "tensorboard").exists()
     assert (tmp_path / "run" / "learning_curves.png").exists()
+
+
+@pytest.mark.parametrize("minutes, drawn", [(0, [1, 2, 3]), (1000, [1, 3])])
+def test_learning_curves_are_redrawn_at_most_every_n_minutes_and_at_the_end(tmp_path, monkeypatch, minutes, drawn):
+    epochs_drawn = []
+    draw = plots.learning_curves
+    monkeypatch.setattr(plots, "learning_curves", lambda rows, path: (epochs_drawn.append(len(rows)), draw(rows, path)))
+    training.train_and_evaluate(make_config(tmp_path, epochs=3, summaries=False, plot_every_n_minutes=minutes),
+                                tmp_path / "run")
+    assert epochs_drawn == drawn
+    assert png_shape(tmp_path / "run" / "learning_curves.png")[:2] == (380, 1000)
 
 
 @pytest.fixture(scope="module")
