@@ -352,3 +352,23 @@ def test_a_damaged_given_checkpoint_is_one_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="cannot restore it"):
         training.train_and_evaluate(config, tmp_path / "run2")
     assert data_file.read_bytes() == b"garbage"  # another run's directory: read, not repaired
+
+
+def test_jobs_in_one_process_do_not_keep_each_others_graphs(tmp_path):
+    """An in-process multirun: a finished job's traced graphs must be freed, or memory grows
+    job after job (TensorFlow's custom-gradient registry used to keep every one alive)."""
+    import gc
+
+    from tensorflow.python.framework.func_graph import FuncGraph
+
+    def live_graphs() -> int:
+        gc.collect()
+        return sum(isinstance(o, FuncGraph) for o in gc.get_objects())
+
+    counts = []
+    for seed in range(3):
+        training.train_and_evaluate(make_config(tmp_path / str(seed), seed=seed, summaries=False),
+                                    tmp_path / f"run{seed}")
+        training.setup(make_config(tmp_path, seed=seed))  # what the next job starts with
+        counts.append(live_graphs())
+    assert counts[2] == counts[1] == counts[0], counts
