@@ -64,11 +64,11 @@ def train_flops_per_image(model) -> float:
     return 3 * forward  # backward: twice the forward (input and weight gradients)
 
 
-def config_for(data_dir, precision="float32", steps_per_loop=1, batch_size=100, ckpt_dir=None):
+def config_for(data_dir, precision="float32", steps_per_loop=1, batch_size=100, ckpt_dir=None, model="book_cnn"):
     from cnn.config import CheckpointConfig, Config, DatasetConfig, ModelConfig
 
     return Config(dataset=DatasetConfig("fashion_mnist", data_dir, download=False),
-                  model=ModelConfig("book_cnn", 0.4), batch_size=batch_size, precision=precision,
+                  model=ModelConfig(model, 0.4), batch_size=batch_size, precision=precision,
                   steps_per_loop=steps_per_loop, progress=False,
                   checkpoint=CheckpointConfig(dir=ckpt_dir))
 
@@ -96,6 +96,26 @@ def bench_loop(config, data, steps: int, repeats: int) -> float:
 
     run()  # warm-up: trace, oneDNN primitive caches, tf.data buffers
     return steps * config.batch_size / median_time(run, repeats)
+
+
+def bench_batch_norm(data_dir, data, steps: int, repeats: int) -> list[tuple[str, str, float]]:
+    """Images/s of bn_cnn in our loop with Keras' BatchNormalization and with ours (fused)."""
+    import keras
+
+    from cnn import models
+
+    rows = []
+    for precision in ("float32", "mixed_bfloat16"):
+        for name, layer in (("keras.layers.BatchNormalization", keras.layers.BatchNormalization),
+                            ("cnn.models.BatchNormalization (fused)", models.BatchNormalization)):
+            fused = models.BatchNormalization
+            models.BatchNormalization = layer  # what bn_cnn builds its normalization with
+            try:
+                ips = bench_loop(config_for(data_dir, precision, 100, model="bn_cnn"), data, steps, repeats)
+            finally:
+                models.BatchNormalization = fused
+            rows.append((name, precision, ips))
+    return rows
 
 
 def bench_fit(config, data, steps: int, repeats: int) -> float:
@@ -278,6 +298,11 @@ def main(argv=None) -> None:
         gflops = ips * flops / 1e9
         lines.append(f"| {what} | {precision} | {ips:,.0f} | {gflops:.0f} | "
                      f"{gflops / peaks[precision]:.0%} | {ips / fit_f32:.2f}x |")
+
+    bn_rows = bench_batch_norm(args.data_dir, data, args.steps, args.repeats)
+    lines += ["", f"bn_cnn (the best model's network), batch {args.batch_size}, our loop, steps_per_loop=100:", "",
+              "| batch normalization | precision | images/s |", "|---|---|---:|"]
+    lines += [f"| `{name}` | {precision} | {ips:,.0f} |" for name, precision, ips in bn_rows]
 
     from cnn.config import Config
 
