@@ -6,7 +6,8 @@ Times the book CNN at one batch size, on the same data, for each precision and
 `steps_per_loop`; Keras fit of the same model; PyTorch eager of the same
 network when torch is installed. Reports images/s, GFLOP/s and the share of the
 matmul peak it measures itself, and the per-epoch overhead of evaluation,
-checkpointing and logging. Warm-up excluded; the median of several repetitions.
+checkpointing and logging. Warm-up excluded; the median of several repetitions,
+taken in turns so that a drift in the machine's speed affects every contender alike.
 """
 
 from __future__ import annotations
@@ -73,16 +74,26 @@ def config_for(data_dir, precision="float32", steps_per_loop=1, batch_size=100, 
                   checkpoint=CheckpointConfig(dir=ckpt_dir))
 
 
-def bench_loop(config, data, steps: int, repeats: int) -> float:
-    """Images/s of our compiled loop, `steps` steps per repetition."""
+def input_pipeline(data, batch_size: int):
+    """The batches every contender trains on: the same images, normalized, no shuffle (its
+    buffer would be refilled whenever Keras fit makes a new iterator)."""
     import tensorflow as tf
 
     from cnn import data as data_lib
+
+    ds = tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train)).batch(batch_size)
+    return ds.map(data_lib._normalize, num_parallel_calls=tf.data.AUTOTUNE).repeat().prefetch(tf.data.AUTOTUNE)
+
+
+def prepare_loop(config, data, steps: int):
+    """Our compiled loop, warmed up; returns `run()`: `steps` steps, timed by the caller."""
+    import tensorflow as tf
+
     from cnn import training
 
     training.setup(config)
     state = training.create_state(config, data)
-    ds = data_lib.train_dataset(data.x_train, data.y_train, config.batch_size, config.seed, 0).repeat()
+    ds = input_pipeline(data, config.batch_size)
     loop = training.make_train_loop(state, ds.element_spec)
     iterator = iter(ds)
 
@@ -95,56 +106,41 @@ def bench_loop(config, data, steps: int, repeats: int) -> float:
         state.step.numpy()  # wait for the device
 
     run()  # warm-up: trace, oneDNN primitive caches, tf.data buffers
-    return steps * config.batch_size / median_time(run, repeats)
+    return run
 
 
-def bench_batch_norm(data_dir, data, steps: int, repeats: int) -> list[tuple[str, str, float]]:
-    """Images/s of bn_cnn in our loop with Keras' BatchNormalization and with ours (fused)."""
+def prepare_fit(config, data, steps: int):
+    """Keras Model.fit of the same model, warmed up; `run()` is one fit epoch of `steps`
+    steps and returns that epoch's time, from Keras' own epoch callbacks."""
     import keras
 
-    from cnn import models
-
-    rows = []
-    for precision in ("float32", "mixed_bfloat16"):
-        for name, layer in (("keras.layers.BatchNormalization", keras.layers.BatchNormalization),
-                            ("cnn.models.BatchNormalization (fused)", models.BatchNormalization)):
-            fused = models.BatchNormalization
-            models.BatchNormalization = layer  # what bn_cnn builds its normalization with
-            try:
-                ips = bench_loop(config_for(data_dir, precision, 100, model="bn_cnn"), data, steps, repeats)
-            finally:
-                models.BatchNormalization = fused
-            rows.append((name, precision, ips))
-    return rows
-
-
-def bench_fit(config, data, steps: int, repeats: int) -> float:
-    """Images/s of Keras Model.fit on the same model, batch size and input pipeline."""
-    import keras
-
-    from cnn import data as data_lib
     from cnn import training
 
     training.setup(config)
     model = training.create_state(config, data).model
     model.compile(optimizer=keras.optimizers.Adam(config.lr),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    ds = data_lib.train_dataset(data.x_train, data.y_train, config.batch_size, config.seed, 0).repeat()
+    ds = input_pipeline(data, config.batch_size)
 
     class Timer(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             self.start = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
-            times.append(time.perf_counter() - self.start)
+            self.seconds = time.perf_counter() - self.start
 
-    times = []
-    model.fit(ds, epochs=repeats + 1, steps_per_epoch=steps, verbose=0, callbacks=[Timer()], shuffle=False)
-    return steps * config.batch_size / statistics.median(times[1:])  # the first: warm-up
+    timer = Timer()
+
+    def run():
+        model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[timer], shuffle=False)
+        return timer.seconds
+
+    run()
+    return run
 
 
-def bench_torch(data, batch_size: int, steps: int, repeats: int):
-    """Images/s of the same network in PyTorch eager on the CPU, or None without torch."""
+def prepare_torch(data, batch_size: int, steps: int):
+    """The same network in PyTorch eager on the CPU, warmed up; None without torch."""
     try:
         import torch
     except ImportError:
@@ -171,7 +167,43 @@ def bench_torch(data, batch_size: int, steps: int, repeats: int):
             optimizer.step()
 
     run()
-    return steps * batch_size / median_time(run, repeats), torch.__version__
+    run.version = torch.__version__
+    return run
+
+
+def round_robin(runs: list, repeats: int) -> list[float]:
+    """Median seconds of each `run`, timed in turns: repetition r of every run before
+    repetition r + 1 of any, so that a machine whose speed drifts (a shared one) slows
+    or speeds them all alike. A run that returns a number has timed itself."""
+    for run in runs:  # once more before timing: later setups cleared earlier ones' caches
+        run()
+    times = [[] for _ in runs]
+    for _ in range(repeats):
+        for run, spent in zip(runs, times):
+            start = time.perf_counter()
+            own = run()
+            spent.append(own if isinstance(own, float) else time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+def batch_norm_contenders(data_dir, data, steps: int) -> list[tuple[str, str, object]]:
+    """bn_cnn in our loop with Keras' BatchNormalization and with ours (fused)."""
+    import keras
+
+    from cnn import models
+
+    contenders = []
+    for precision in ("float32", "mixed_bfloat16"):
+        for name, layer in (("keras.layers.BatchNormalization", keras.layers.BatchNormalization),
+                            ("cnn.models.BatchNormalization (fused)", models.BatchNormalization)):
+            fused = models.BatchNormalization
+            models.BatchNormalization = layer  # what bn_cnn builds its normalization with
+            try:
+                run = prepare_loop(config_for(data_dir, precision, 100, model="bn_cnn"), data, steps)
+            finally:
+                models.BatchNormalization = fused
+            contenders.append((f"`{name}`", precision, run))
+    return contenders
 
 
 def epoch_overhead(config, data, repeats: int) -> dict:
@@ -273,36 +305,42 @@ def main(argv=None) -> None:
     training.setup(config_for(args.data_dir))
     flops = train_flops_per_image(training.create_state(config_for(args.data_dir), data).model)
 
-    rows = []  # (what, precision, images/s)
-    fit_f32 = bench_fit(config_for(args.data_dir, batch_size=args.batch_size), data, args.steps, args.repeats)
-    rows.append(("Keras `Model.fit`", "float32", fit_f32))
-    rows.append(("Keras `Model.fit`", "mixed_bfloat16", bench_fit(
-        config_for(args.data_dir, "mixed_bfloat16", batch_size=args.batch_size), data, args.steps, args.repeats)))
+    contenders = [("Keras `Model.fit`", p, prepare_fit(config_for(args.data_dir, p, batch_size=args.batch_size),
+                                                       data, args.steps)) for p in ("float32", "mixed_bfloat16")]
     for precision in precisions:
         for spl in args.steps_per_loop:
             config = config_for(args.data_dir, precision, spl, args.batch_size)
-            rows.append((f"our loop, steps_per_loop={spl}", precision, bench_loop(config, data, args.steps, args.repeats)))
-            print(f"  {rows[-1][0]:<32} {precision:<15} {rows[-1][2]:8.0f} images/s", flush=True)
-    torch_result = bench_torch(data, args.batch_size, args.steps, args.repeats)
-    if torch_result:
-        rows.append((f"PyTorch {torch_result[1]} eager", "float32", torch_result[0]))
+            contenders.append((f"our loop, steps_per_loop={spl}", precision, prepare_loop(config, data, args.steps)))
+    torch_run = prepare_torch(data, args.batch_size, args.steps)
+    if torch_run:
+        contenders.append((f"PyTorch {torch_run.version} eager", "float32", torch_run))
+    bn_contenders = batch_norm_contenders(args.data_dir, data, args.steps)
+    everything = contenders + bn_contenders
+    seconds = round_robin([run for _, _, run in everything], args.repeats)
+    ips = [args.steps * args.batch_size / s for s in seconds]
+    rows = [(what, precision, i) for (what, precision, _), i in zip(contenders, ips)]
+    bn_rows = [(what, precision, i) for (what, precision, _), i in zip(bn_contenders, ips[len(contenders):])]
+    fit_f32 = rows[0][2]
+    for what, precision, i in rows + bn_rows:
+        print(f"  {what:<40} {precision:<15} {i:8.0f} images/s", flush=True)
 
     lines = [f"Machine: {machine()}.", "",
              f"Book CNN (619,786 parameters), batch {args.batch_size}, Fashion-MNIST; {args.steps} steps per "
-             f"repetition, median of {args.repeats} after a warm-up; training step "
+             f"repetition, median of {args.repeats} after two warm-ups, every contender's repetition r "
+             f"timed before any repetition r + 1; training step "
              f"{flops / 1e6:.1f} MFLOP per image. Matmul peak measured here: "
              + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()) + ".", "",
              "| what | precision | images/s | GFLOP/s | share of matmul peak | vs fit float32 |",
              "|---|---|---:|---:|---:|---:|"]
-    for what, precision, ips in rows:
-        gflops = ips * flops / 1e9
-        lines.append(f"| {what} | {precision} | {ips:,.0f} | {gflops:.0f} | "
-                     f"{gflops / peaks[precision]:.0%} | {ips / fit_f32:.2f}x |")
+    for what, precision, speed in rows:
+        gflops = speed * flops / 1e9
+        lines.append(f"| {what} | {precision} | {speed:,.0f} | {gflops:.0f} | "
+                     f"{gflops / peaks[precision]:.0%} | {speed / fit_f32:.2f}x |")
 
-    bn_rows = bench_batch_norm(args.data_dir, data, args.steps, args.repeats)
-    lines += ["", f"bn_cnn (the best model's network), batch {args.batch_size}, our loop, steps_per_loop=100:", "",
+    lines += ["", f"bn_cnn (the best model's network), batch {args.batch_size}, our loop, steps_per_loop=100, "
+                  "timed in the same turns:", "",
               "| batch normalization | precision | images/s |", "|---|---|---:|"]
-    lines += [f"| `{name}` | {precision} | {ips:,.0f} |" for name, precision, ips in bn_rows]
+    lines += [f"| {name} | {precision} | {i:,.0f} |" for name, precision, i in bn_rows]
 
     from cnn.config import Config
 
