@@ -136,6 +136,7 @@ def prepare_fit(config, data, steps: int):
         return timer.seconds
 
     run()
+    run.self_timed = True
     return run
 
 
@@ -174,7 +175,7 @@ def prepare_torch(data, batch_size: int, steps: int):
 def round_robin(runs: list, repeats: int) -> list[float]:
     """Median seconds of each `run`, timed in turns: repetition r of every run before
     repetition r + 1 of any, so that a machine whose speed drifts (a shared one) slows
-    or speeds them all alike. A run that returns a number has timed itself."""
+    or speeds them all alike. A run with `self_timed` returns its own seconds."""
     for run in runs:  # once more before timing: later setups cleared earlier ones' caches
         run()
     times = [[] for _ in runs]
@@ -182,7 +183,7 @@ def round_robin(runs: list, repeats: int) -> list[float]:
         for run, spent in zip(runs, times):
             start = time.perf_counter()
             own = run()
-            spent.append(own if isinstance(own, float) else time.perf_counter() - start)
+            spent.append(own if getattr(run, "self_timed", False) else time.perf_counter() - start)
     return [statistics.median(t) for t in times]
 
 
@@ -206,10 +207,10 @@ def batch_norm_contenders(data_dir, data, steps: int) -> list[tuple[str, str, ob
     return contenders
 
 
-def epoch_overhead(config, data, repeats: int) -> dict:
-    """Seconds spent at an epoch end on evaluation, one checkpoint save, the epoch's
-    logging (metrics files, TensorBoard summaries, log line), and one drawing of
-    learning_curves.png."""
+def prepare_epoch_end(config, data, tmp: str) -> dict:
+    """What train_and_evaluate does at an epoch end, as runs for `round_robin`: evaluation,
+    one checkpoint save, the epoch's logging (metrics files, TensorBoard summaries, log
+    line), and one drawing of learning_curves.png. Files go to `tmp`."""
     import tensorflow as tf
 
     from cnn import checkpoint as ckpt_lib
@@ -221,25 +222,24 @@ def epoch_overhead(config, data, repeats: int) -> dict:
     test_ds = data_lib.test_dataset(data.x_test, data.y_test)
     evaluate = training.make_evaluate(state.model, test_ds.element_spec)
     _, predictions = evaluate(test_ds)
-    with tempfile.TemporaryDirectory() as tmp:
-        manager = ckpt_lib.make_manager(state, Path(tmp), keep=3)
-        rows = [{**dict.fromkeys(history.COLUMNS, 0.5), "epoch": e + 1} for e in range(15)]
-        log = logging.getLogger("cnn.bench.quiet")
-        log.disabled = True
-        writer = tf.summary.create_file_writer(str(Path(tmp) / "tensorboard"))
+    manager = ckpt_lib.make_manager(state, Path(tmp) / "ckpt", keep=3)
+    rows = [{**dict.fromkeys(history.COLUMNS, 0.5), "epoch": e + 1} for e in range(15)]
+    log = logging.getLogger("cnn.bench.quiet")
+    log.disabled = True
+    writer = tf.summary.create_file_writer(str(Path(tmp) / "tensorboard"))
 
-        def log_epoch():  # what train_and_evaluate does at an epoch end, but evaluating, saving, drawing
-            history.write_rows(Path(tmp) / "metrics.csv", rows)
-            history.write_rows(Path(tmp) / "metrics2.csv", rows)
-            with writer.as_default():
-                training.write_epoch_summaries(rows[-1], data.x_test, predictions, data.y_test,
-                                               data.class_names, 1)
-            log.info("epoch %d/%d  loss %.4f", 1, 15, float(state.loss.result()))
+    def log_epoch():  # the rest of an epoch end: metrics files, summaries, the log line
+        history.write_rows(Path(tmp) / "metrics.csv", rows)
+        history.write_rows(Path(tmp) / "metrics2.csv", rows)
+        with writer.as_default():
+            training.write_epoch_summaries(rows[-1], data.x_test, predictions, data.y_test,
+                                           data.class_names, 1)
+        log.info("epoch %d/%d  loss %.4f", 1, 15, float(state.loss.result()))
 
-        return {"evaluation": median_time(lambda: evaluate(test_ds), repeats),
-                "checkpoint": median_time(lambda: training.save(state, manager, int(time.time() * 1e6)), repeats),
-                "logging": median_time(log_epoch, repeats),
-                "curves": median_time(lambda: plots.learning_curves(rows, Path(tmp) / "curves.png"), repeats)}
+    return {"evaluation": lambda: evaluate(test_ds),
+            "checkpoint": lambda: training.save(state, manager, int(time.time() * 1e6)),
+            "logging": log_epoch,
+            "curves": lambda: plots.learning_curves(rows, Path(tmp) / "curves.png")}
 
 
 def curve_drawings(epochs: int, epoch_seconds: float, every_n_minutes: float) -> int:
@@ -316,7 +316,12 @@ def main(argv=None) -> None:
         contenders.append((f"PyTorch {torch_run.version} eager", "float32", torch_run))
     bn_contenders = batch_norm_contenders(args.data_dir, data, args.steps)
     everything = contenders + bn_contenders
-    seconds = round_robin([run for _, _, run in everything], args.repeats)
+    tmp = tempfile.TemporaryDirectory()
+    epoch_end = prepare_epoch_end(config_for(args.data_dir), data, tmp.name)
+    seconds = round_robin([run for _, _, run in everything] + list(epoch_end.values()), args.repeats)
+    tmp.cleanup()
+    overhead = dict(zip(epoch_end, seconds[len(everything):]))
+    seconds = seconds[:len(everything)]
     ips = [args.steps * args.batch_size / s for s in seconds]
     rows = [(what, precision, i) for (what, precision, _), i in zip(contenders, ips)]
     bn_rows = [(what, precision, i) for (what, precision, _), i in zip(bn_contenders, ips[len(contenders):])]
@@ -348,8 +353,6 @@ def main(argv=None) -> None:
     spl = defaults.steps_per_loop if defaults.steps_per_loop in args.steps_per_loop else max(args.steps_per_loop)
     default_ips = next(ips for what, p, ips in rows if p == "float32" and what.endswith(f"steps_per_loop={spl}"))
     epoch_seconds = len(data.x_train) / default_ips
-    with tempfile.TemporaryDirectory() as tmp:
-        overhead = epoch_overhead(config_for(args.data_dir, ckpt_dir=tmp), data, args.repeats)
     drawings = curve_drawings(defaults.epochs, epoch_seconds, defaults.plot_every_n_minutes)
     curves = overhead.pop("curves")
     overhead["learning_curves.png"] = curves * drawings / defaults.epochs
