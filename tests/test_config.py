@@ -98,12 +98,20 @@ def test_every_experiment_composes(experiment):
     assert config.dataset.data_dir == "/data"  # command-line overrides still apply
 
 
-def test_book_best_has_the_books_settings():
-    config = to_config(load("+experiment=book_best", "dataset=fashion_mnist"))
-    assert (config.model.name, config.model.members, config.model.size) == ("ensemble", "bn_cnn", 5)
-    assert config.dataset.name == "fashion_mnist" and config.dataset.augment
-    assert (config.dataset.max_rotation, config.dataset.max_shift) == (15.0, 2.0)
-    assert config.lr == 0.005 and config.schedule.name == "exponential" and config.schedule.staircase
+def test_book_best_has_the_books_settings_and_each_datasets_augmentation():
+    mnist = to_config(load("+experiment=book_best"))
+    fashion = to_config(load("+experiment=book_best", "dataset=fashion_mnist"))
+    for config in (mnist, fashion):
+        assert (config.model.name, config.model.members, config.model.size) == ("ensemble", "bn_cnn", 5)
+        assert config.dataset.augment and config.dataset.max_shift == 2.0
+        assert config.lr == 0.005 and config.schedule.name == "exponential" and config.schedule.staircase
+        assert (config.schedule.decay_rate, config.epochs) == (0.85, 25)
+    # Digits: the book's rotation, never mirrored. Garments: upright, mirrored.
+    assert (mnist.dataset.max_rotation, mnist.dataset.flip) == (15.0, False)
+    assert (fashion.dataset.max_rotation, fashion.dataset.flip) == (0.0, True)
+    # An override still wins over the dataset's choice.
+    assert to_config(load("+experiment=book_best", "dataset=fashion_mnist", "dataset.max_rotation=10")
+                     ).dataset.max_rotation == 10.0
 
 
 def test_cifar10_tutorial_experiment():
