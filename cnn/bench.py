@@ -245,9 +245,11 @@ def prepare_epoch_end(config, data, tmp: str) -> dict:
 def curve_drawings(epochs: int, epoch_seconds: float, every_n_minutes: float) -> int:
     """How often train_and_evaluate draws learning_curves.png in `epochs` epochs of
     `epoch_seconds` each: after the first and the last, at most every n minutes between."""
+    from cnn.training import curves_due
+
     drawn, last = 0, -math.inf
     for epoch in range(1, epochs + 1):
-        if epoch == epochs or epoch * epoch_seconds - last >= 60 * every_n_minutes:
+        if curves_due(epoch * epoch_seconds, last, every_n_minutes, epoch == epochs):
             drawn, last = drawn + 1, epoch * epoch_seconds
     return drawn
 

@@ -103,8 +103,8 @@ class BatchNormalization(layers.BatchNormalization):
     """keras.layers.BatchNormalization computed by TensorFlow's fused kernel.
 
     Keras 3 normalizes with separate ops (moments, casts to float32, scale, shift),
-    which made bn_cnn train 2.4x slower than this in mixed_bfloat16 on CPU
-    (1.5x in float32). Same variables, same checkpoint, same results up to
+    which made bn_cnn train about 2.1x slower than this in mixed_bfloat16 on CPU
+    (1.4x in float32; docs/benchmarks.md). Same variables, same checkpoint, same results up to
     rounding: the batch statistics, the moving averages (of the biased batch
     variance, as Keras keeps them) and the float32 statistics under mixed precision.
     Configurations the fused kernel does not cover fall back to the Keras layer.

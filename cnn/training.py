@@ -414,6 +414,12 @@ def summaries_enabled(config: Config) -> bool:
     return installed if config.summaries is None else config.summaries
 
 
+def curves_due(now: float, drawn_at: float, every_n_minutes: float, last_epoch: bool) -> bool:
+    """Whether an epoch end redraws learning_curves.png: after the last epoch, and otherwise
+    once `every_n_minutes` have passed since the last drawing (-inf: never drawn)."""
+    return last_epoch or now - drawn_at >= 60 * every_n_minutes
+
+
 def train_and_evaluate(config: Config, workdir: str | Path, started: Optional[float] = None) -> dict:
     """Trains one configured run to `config.epochs`, resuming from its checkpoints.
 
@@ -495,7 +501,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, started: Optional[fl
             save_seconds = time.perf_counter() - save_start
             if summaries:
                 write_epoch_summaries(rows[-1], data.x_test, predictions, data.y_test, data.class_names, step)
-            if step >= config.epochs * spe or time.monotonic() - plotted >= 60 * config.plot_every_n_minutes:
+            if curves_due(time.monotonic(), plotted, config.plot_every_n_minutes, step >= config.epochs * spe):
                 plots.learning_curves(rows, workdir / "learning_curves.png")
                 plotted = time.monotonic()
             _log_epoch(config, rows[-1], evaluation, eval_seconds, save_seconds)
