@@ -11,12 +11,10 @@ pool (7x7 maps). Prints shapes and values and writes the figures.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 SAMPLE = Path(__file__).resolve().parents[1] / "tests" / "data" / "mnist-sample"
 
 TOY = np.arange(1, 10, dtype=np.float32).reshape(1, 3, 3, 1)  # (batch, height, width, channels)
@@ -48,20 +46,24 @@ def digit_examples(image: np.ndarray, seed: int = 0) -> dict:
     return {"digit_conv": conv.numpy(), "digit_pool": pool.numpy()}
 
 
-def _grid_figure(arrays: dict, path: Path) -> None:
+def _grid_figure(arrays: dict, path: Path):
+    """Every channel of the (1, H, W, C) `arrays` side by side, values written in, all on one
+    colour scale: the same value has the same shade in every panel. Returns the saved Figure."""
     from cnn.plots import _save, figure
 
     panels = [(name, a[0, :, :, c]) for name, a in arrays.items() for c in range(a.shape[-1])]
+    vmin, vmax = min(p.min() for _, p in panels), max(p.max() for _, p in panels)
     fig = figure((2.2 * len(panels), 2.6))
     axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (name, panel) in zip(axes.flat, panels):
-        ax.imshow(panel, cmap="Greys")
+        ax.imshow(panel, cmap="Greys", vmin=vmin, vmax=vmax)
         for (i, j), value in np.ndenumerate(panel):
             ax.text(j, i, f"{value:g}", ha="center", va="center", color="tab:red", fontsize=9)
         ax.set_title(f"{name}\n{panel.shape[0]}x{panel.shape[1]}", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
     _save(fig, path)
+    return fig
 
 
 def main(argv=None) -> None:
@@ -70,6 +72,9 @@ def main(argv=None) -> None:
     parser.add_argument("--data-dir", default=str(SAMPLE), help="MNIST files (default: the test sample)")
     parser.add_argument("--index", type=int, default=0, help="test image index of the digit")
     args = parser.parse_args(argv)
+    from cnn.console import import_tensorflow
+
+    import_tensorflow()  # without its C++ start-up lines
 
     from cnn import data as data_lib
     from cnn import plots
@@ -77,6 +82,7 @@ def main(argv=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     toy = toy_examples()
     print(f"toy image {TOY.shape}:\n{TOY[0, :, :, 0]}\nkernel {ONES.shape}: all ones")
+    print(f"pooling input {POOL.shape}:\n{POOL[0, :, :, 0]}")
     for name, array in toy.items():
         print(f"{name} {array.shape}:\n{np.moveaxis(array[0], -1, 0)}")
     _grid_figure({"image": TOY, "conv_valid": toy["conv_valid"], "conv_same": toy["conv_same"]},

@@ -1,6 +1,6 @@
 """Throughput benchmark: our loop against Keras `Model.fit` (and PyTorch eager), one process.
 
-    python -m cnn.bench --data-dir ../shared/data/fashion-mnist --out docs/benchmarks.md
+    python -m cnn.bench --data-dir /path/to/fashion-mnist --out docs/benchmarks.md
 
 Times the book CNN at one batch size, on the same data, for each precision and
 `steps_per_loop`; Keras fit of the same model; PyTorch eager of the same
@@ -13,7 +13,7 @@ taken in turns so that a drift in the machine's speed affects every contender al
 from __future__ import annotations
 
 import argparse
-import logging
+import json
 import math
 import os
 import platform
@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -65,13 +64,15 @@ def train_flops_per_image(model) -> float:
     return 3 * forward  # backward: twice the forward (input and weight gradients)
 
 
-def config_for(data_dir, precision="float32", steps_per_loop=1, batch_size=100, ckpt_dir=None, model="book_cnn"):
-    from cnn.config import CheckpointConfig, Config, DatasetConfig, ModelConfig
+def config_for(dataset, data_dir, precision="float32", steps_per_loop=1, batch_size=100, ckpt_dir=None,
+               model="book_cnn"):
+    """The config `python train.py` would run with these settings."""
+    from cnn.config import compose
 
-    return Config(dataset=DatasetConfig("fashion_mnist", data_dir, download=False),
-                  model=ModelConfig(model, 0.4), batch_size=batch_size, precision=precision,
-                  steps_per_loop=steps_per_loop, progress=False,
-                  checkpoint=CheckpointConfig(dir=ckpt_dir))
+    return compose(f"dataset={dataset}", f"dataset.data_dir={os.path.abspath(data_dir)}", "dataset.download=false",
+                   f"model={model}", f"batch_size={batch_size}", f"precision={precision}",
+                   f"steps_per_loop={steps_per_loop}", "progress=false",
+                   f"checkpoint.dir={'null' if ckpt_dir is None else ckpt_dir}")
 
 
 def input_pipeline(data, batch_size: int):
@@ -89,12 +90,13 @@ def prepare_loop(config, data, steps: int):
     """Our compiled loop, warmed up; returns `run()`: `steps` steps, timed by the caller."""
     import tensorflow as tf
 
-    from cnn import training
+    from cnn import run as run_lib
+    from cnn.steps import make_train_loop
 
-    training.setup(config)
-    state = training.create_state(config, data)
+    run_lib.setup(config)
+    state = run_lib.create_state(config, data)
     ds = input_pipeline(data, config.batch_size)
-    loop = training.make_train_loop(state, ds.element_spec)
+    loop = make_train_loop(state, ds.element_spec)
     iterator = iter(ds)
 
     def run():
@@ -114,10 +116,10 @@ def prepare_fit(config, data, steps: int):
     steps and returns that epoch's time, from Keras' own epoch callbacks."""
     import keras
 
-    from cnn import training
+    from cnn import run as run_lib
 
-    training.setup(config)
-    model = training.create_state(config, data).model
+    run_lib.setup(config)
+    model = run_lib.create_state(config, data).model
     model.compile(optimizer=keras.optimizers.Adam(config.lr),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     ds = input_pipeline(data, config.batch_size)
@@ -187,7 +189,7 @@ def round_robin(runs: list, repeats: int) -> list[float]:
     return [statistics.median(t) for t in times]
 
 
-def batch_norm_contenders(data_dir, data, steps: int) -> list[tuple[str, str, object]]:
+def batch_norm_contenders(dataset, data_dir, data, steps: int) -> list[tuple[str, str, object]]:
     """bn_cnn in our loop with Keras' BatchNormalization and with ours (fused)."""
     import keras
 
@@ -200,7 +202,7 @@ def batch_norm_contenders(data_dir, data, steps: int) -> list[tuple[str, str, ob
             fused = models.BatchNormalization
             models.BatchNormalization = layer  # what bn_cnn builds its normalization with
             try:
-                run = prepare_loop(config_for(data_dir, precision, 100, model="bn_cnn"), data, steps)
+                run = prepare_loop(config_for(dataset, data_dir, precision, 100, model="bn_cnn"), data, steps)
             finally:
                 models.BatchNormalization = fused
             contenders.append((f"`{name}`", precision, run))
@@ -208,44 +210,39 @@ def batch_norm_contenders(data_dir, data, steps: int) -> list[tuple[str, str, ob
 
 
 def prepare_epoch_end(config, data, tmp: str) -> dict:
-    """What train_and_evaluate does at an epoch end, as runs for `round_robin`: evaluation,
-    one checkpoint save, the epoch's logging (metrics files, TensorBoard summaries, log
-    line), and one drawing of learning_curves.png. Files go to `tmp`."""
+    """The duties of an epoch's end, as runs for `round_robin`: the very calls the training
+    loop makes (`cnn.training.Trainer`), on a run in `tmp` with 15 epochs of history.
+    "logging" is metrics.csv, the TensorBoard summaries and the log line; "curves" one
+    drawing of learning_curves.png."""
     import tensorflow as tf
 
-    from cnn import checkpoint as ckpt_lib
-    from cnn import data as data_lib
-    from cnn import history, plots, training
+    from cnn import history, reporting, training
+    from cnn import run as run_lib
 
-    training.setup(config)
-    state = training.create_state(config, data)
-    test_ds = data_lib.test_dataset(data.x_test, data.y_test)
-    evaluate = training.make_evaluate(state.model, test_ds.element_spec)
-    _, predictions = evaluate(test_ds)
-    manager = ckpt_lib.make_manager(state, Path(tmp) / "ckpt", keep=3)
-    rows = [{**dict.fromkeys(history.COLUMNS, 0.5), "epoch": e + 1} for e in range(15)]
-    log = logging.getLogger("cnn.bench.quiet")
-    log.disabled = True
+    run_lib.setup(config)
+    state = run_lib.create_state(config, data)
+    trainer = training.Trainer(config, state, data, Path(tmp) / "ckpt", Path(tmp), summaries=True)
+    _, predictions = trainer.evaluate()
+    trainer.rows = [{**dict.fromkeys(history.COLUMNS, 0.5), "epoch": e + 1} for e in range(15)]
+    saves = iter(range(1, 10**9))
     writer = tf.summary.create_file_writer(str(Path(tmp) / "tensorboard"))
 
-    def log_epoch():  # the rest of an epoch end: metrics files, summaries, the log line
-        history.write_rows(Path(tmp) / "metrics.csv", rows)
-        history.write_rows(Path(tmp) / "metrics2.csv", rows)
+    def log_epoch():
+        trainer.record()
         with writer.as_default():
-            training.write_epoch_summaries(rows[-1], data.x_test, predictions, data.y_test,
-                                           data.class_names, 1)
-        log.info("epoch %d/%d  loss %.4f", 1, 15, float(state.loss.result()))
+            trainer.summarize(predictions, 1)
+        reporting.log_epoch(config, trainer.rows[-1], {}, {"evaluation": 1.0, "checkpoint": 1.0})
 
-    return {"evaluation": lambda: evaluate(test_ds),
-            "checkpoint": lambda: training.save(state, manager, int(time.time() * 1e6)),
+    return {"evaluation": trainer.evaluate,
+            "checkpoint": lambda: trainer.save(next(saves)),
             "logging": log_epoch,
-            "curves": lambda: plots.learning_curves(rows, Path(tmp) / "curves.png")}
+            "curves": lambda: trainer.draw_curves(last_epoch=True)}
 
 
 def curve_drawings(epochs: int, epoch_seconds: float, every_n_minutes: float) -> int:
     """How often train_and_evaluate draws learning_curves.png in `epochs` epochs of
     `epoch_seconds` each: after the first and the last, at most every n minutes between."""
-    from cnn.training import curves_due
+    from cnn.reporting import curves_due
 
     drawn, last = 0, -math.inf
     for epoch in range(1, epochs + 1):
@@ -254,123 +251,139 @@ def curve_drawings(epochs: int, epoch_seconds: float, every_n_minutes: float) ->
     return drawn
 
 
-def startup_times(data_dir: str) -> dict:
-    """`train.py --help` wall time, and the wait for the first training step of a real run."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+def startup_times(dataset: str, data_dir: str) -> dict:
+    """`train.py --help` wall time, and the wait for the first training steps of a real run
+    (from the process start, as the run's results.json reports it)."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"], check=True, capture_output=True, env=env)
+    subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"], check=True, capture_output=True)
     help_seconds = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
-        out = subprocess.run([sys.executable, str(ROOT / "train.py"), "dataset=fashion_mnist",
-                              f"dataset.data_dir={os.path.abspath(data_dir)}", "epochs=1",
-                              f"checkpoint.dir={tmp}/ckpt", f"hydra.run.dir={tmp}/run"],
-                             check=True, capture_output=True, text=True, env=env, cwd=tmp)
-    line = next(l for l in (out.stdout + out.stderr).splitlines() if "after the process started" in l)
-    return {"help": help_seconds, "first_step": float(line.split(" done ")[1].split(" s ")[0])}
+        subprocess.run([sys.executable, str(ROOT / "train.py"), f"dataset={dataset}",
+                        f"dataset.data_dir={os.path.abspath(data_dir)}", "epochs=1",
+                        f"checkpoint.dir={tmp}/ckpt", f"hydra.run.dir={tmp}/run"],
+                       check=True, capture_output=True, text=True, cwd=tmp)
+        results = json.loads((Path(tmp) / "run" / "results.json").read_text())
+    return {"help": help_seconds, "first_step": results["first_step_seconds"]}
 
 
 def machine() -> str:
     import keras
     import tensorflow as tf
 
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
-               platform.processor())
-    flags = open("/proc/cpuinfo").read()
-    features = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux
+        cpuinfo = ""
+    cpu = next((l.split(":", 1)[1].strip() for l in cpuinfo.splitlines() if l.startswith("model name")),
+               platform.processor() or platform.machine())
+    features = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in cpuinfo.split()]
     gpus = tf.config.list_physical_devices("GPU")
-    return (f"{cpu}, {os.cpu_count()} cores ({', '.join(features)}), "
+    return (f"{cpu}, {os.cpu_count()} cores ({', '.join(features) or 'CPU flags unknown'}), "
             f"{'GPU: ' + ', '.join(g.name for g in gpus) if gpus else 'no GPU'}; "
             f"Python {platform.python_version()}, TensorFlow {tf.__version__}, Keras {keras.__version__}")
 
 
+def measure(args) -> dict:
+    """Every contender and epoch-end duty timed in the same turns; the matmul peaks."""
+    import tensorflow as tf
+
+    from cnn import data as data_lib
+    from cnn import run as run_lib
+
+    data = data_lib.load(args.dataset, args.data_dir, download=False)
+    config = lambda *a, **k: config_for(args.dataset, args.data_dir, *a, **k)
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    precisions = ["float32", "mixed_bfloat16"] + (["mixed_float16"] if gpu else [])
+    peaks = {p: matmul_peak(p.replace("mixed_", "")) for p in precisions}
+    run_lib.setup(config())
+    flops = train_flops_per_image(run_lib.create_state(config(), data).model)
+    contenders = [("Keras `Model.fit`", p, prepare_fit(config(p, batch_size=args.batch_size), data, args.steps))
+                  for p in ("float32", "mixed_bfloat16")]
+    for precision in precisions:
+        for spl in args.steps_per_loop:
+            contenders.append((f"our loop, steps_per_loop={spl}", precision,
+                               prepare_loop(config(precision, spl, args.batch_size), data, args.steps)))
+    torch_run = prepare_torch(data, args.batch_size, args.steps) if data.image_shape == (28, 28, 1) else None
+    if torch_run:
+        contenders.append((f"PyTorch {torch_run.version} eager", "float32", torch_run))
+    bn_contenders = batch_norm_contenders(args.dataset, args.data_dir, data, args.steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        epoch_end = prepare_epoch_end(config(), data, tmp)
+        everything = [fn for _, _, fn in contenders + bn_contenders] + list(epoch_end.values())
+        seconds = round_robin(everything, args.repeats)
+    n, m = len(contenders), len(contenders) + len(bn_contenders)
+    ips = [args.steps * args.batch_size / s for s in seconds[:m]]
+    return {"data": data, "peaks": peaks, "flops": flops,
+            "rows": [(what, p, i) for (what, p, _), i in zip(contenders, ips[:n])],
+            "bn_rows": [(what, p, i) for (what, p, _), i in zip(bn_contenders, ips[n:])],
+            "overhead": dict(zip(epoch_end, seconds[m:])),
+            "startup": startup_times(args.dataset, args.data_dir) if args.startup else None}
+
+
+def speed_table(args, m: dict) -> list[str]:
+    fit_f32 = m["rows"][0][2]
+    lines = [f"Machine: {machine()}.", "",
+             f"Book CNN, batch {args.batch_size}, {args.dataset}; {args.steps} steps per "
+             f"repetition, median of {args.repeats} after two warm-ups, every contender's repetition r "
+             f"timed before any repetition r + 1; training step "
+             f"{m['flops'] / 1e6:.1f} MFLOP per image. Matmul peak measured in the same run: "
+             + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in m["peaks"].items()) + ".", "",
+             "| what | precision | images/s | GFLOP/s | share of matmul peak | vs fit float32 |",
+             "|---|---|---:|---:|---:|---:|"]
+    for what, precision, speed in m["rows"]:
+        gflops = speed * m["flops"] / 1e9
+        lines.append(f"| {what} | {precision} | {speed:,.0f} | {gflops:.0f} | "
+                     f"{gflops / m['peaks'][precision]:.0%} | {speed / fit_f32:.2f}x |")
+    lines += ["", f"bn_cnn (the best model's network), batch {args.batch_size}, our loop, steps_per_loop=100, "
+                  "timed in the same turns:", "",
+              "| batch normalization | precision | images/s |", "|---|---|---:|"]
+    return lines + [f"| {name} | {precision} | {i:,.0f} |" for name, precision, i in m["bn_rows"]]
+
+
+def overhead_table(args, m: dict) -> list[str]:
+    defaults = config_for(args.dataset, args.data_dir)  # what `python train.py` runs
+    spl = defaults.steps_per_loop if defaults.steps_per_loop in args.steps_per_loop else max(args.steps_per_loop)
+    default_ips = next(i for what, p, i in m["rows"] if p == "float32" and what.endswith(f"steps_per_loop={spl}"))
+    epoch_seconds = len(m["data"].x_train) / default_ips
+    drawings = curve_drawings(defaults.epochs, epoch_seconds, defaults.plot_every_n_minutes)
+    overhead = dict(m["overhead"])
+    curves = overhead.pop("curves")
+    overhead["learning_curves.png"] = curves * drawings / defaults.epochs
+    lines = ["", f"Per-epoch overhead, float32, steps_per_loop={spl} (one epoch of training steps: "
+                 f"{epoch_seconds:.1f} s at {default_ips:,.0f} images/s). Drawing learning_curves.png "
+                 f"takes {curves:.3f} s; at this speed a {defaults.epochs}-epoch run draws it {drawings} "
+                 f"times (after the first and last epochs, and at most every "
+                 f"{defaults.plot_every_n_minutes:g} min between), so its row is the cost per epoch:", "",
+             "| work per epoch | seconds | share of the epoch's train-step time |", "|---|---:|---:|"]
+    for what, seconds in [*overhead.items(), ("all", sum(overhead.values()))]:
+        lines.append(f"| {what} | {seconds:.3f} | {seconds / epoch_seconds:.1%} |")
+    if m["startup"]:
+        lines += ["", f"`python train.py --help`: {m['startup']['help']:.2f} s. First training steps of "
+                      f"`python train.py dataset={args.dataset} dataset.data_dir=... epochs=1` done "
+                      f"{m['startup']['first_step']:.1f} s after the process started."]
+    return lines
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", required=True, help="Fashion-MNIST IDX files")
+    parser.add_argument("--data-dir", required=True, help="the dataset's files (as dataset.data_dir)")
+    parser.add_argument("--dataset", default="fashion_mnist", help="mnist, fashion_mnist (default) or cifar10")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--steps", type=int, default=100, help="steps per timed repetition")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps-per-loop", type=int, nargs="+", default=[1, 10, 100])
+    parser.add_argument("--no-startup", dest="startup", action="store_false",
+                        help="skip timing `train.py --help` and a real run's first steps")
     parser.add_argument("--out", help="also write the Markdown report here")
     args = parser.parse_args(argv)
 
-    import tensorflow as tf
+    from cnn.console import import_tensorflow
 
-    from cnn import data as data_lib
-    from cnn import training
-
-    data = data_lib.load("fashion_mnist", args.data_dir, download=False)
-    gpu = bool(tf.config.list_physical_devices("GPU"))
-    precisions = ["float32", "mixed_bfloat16"] + (["mixed_float16"] if gpu else [])
-    peaks = {"float32": matmul_peak("float32"), "mixed_bfloat16": matmul_peak("bfloat16")}
-    if gpu:
-        peaks["mixed_float16"] = matmul_peak("float16")
-    training.setup(config_for(args.data_dir))
-    flops = train_flops_per_image(training.create_state(config_for(args.data_dir), data).model)
-
-    contenders = [("Keras `Model.fit`", p, prepare_fit(config_for(args.data_dir, p, batch_size=args.batch_size),
-                                                       data, args.steps)) for p in ("float32", "mixed_bfloat16")]
-    for precision in precisions:
-        for spl in args.steps_per_loop:
-            config = config_for(args.data_dir, precision, spl, args.batch_size)
-            contenders.append((f"our loop, steps_per_loop={spl}", precision, prepare_loop(config, data, args.steps)))
-    torch_run = prepare_torch(data, args.batch_size, args.steps)
-    if torch_run:
-        contenders.append((f"PyTorch {torch_run.version} eager", "float32", torch_run))
-    bn_contenders = batch_norm_contenders(args.data_dir, data, args.steps)
-    everything = contenders + bn_contenders
-    tmp = tempfile.TemporaryDirectory()
-    epoch_end = prepare_epoch_end(config_for(args.data_dir), data, tmp.name)
-    seconds = round_robin([run for _, _, run in everything] + list(epoch_end.values()), args.repeats)
-    tmp.cleanup()
-    overhead = dict(zip(epoch_end, seconds[len(everything):]))
-    seconds = seconds[:len(everything)]
-    ips = [args.steps * args.batch_size / s for s in seconds]
-    rows = [(what, precision, i) for (what, precision, _), i in zip(contenders, ips)]
-    bn_rows = [(what, precision, i) for (what, precision, _), i in zip(bn_contenders, ips[len(contenders):])]
-    fit_f32 = rows[0][2]
-    for what, precision, i in rows + bn_rows:
+    import_tensorflow()
+    m = measure(args)
+    for what, precision, i in m["rows"] + m["bn_rows"]:
         print(f"  {what:<40} {precision:<15} {i:8.0f} images/s", flush=True)
-
-    lines = [f"Machine: {machine()}.", "",
-             f"Book CNN (619,786 parameters), batch {args.batch_size}, Fashion-MNIST; {args.steps} steps per "
-             f"repetition, median of {args.repeats} after two warm-ups, every contender's repetition r "
-             f"timed before any repetition r + 1; training step "
-             f"{flops / 1e6:.1f} MFLOP per image. Matmul peak measured here: "
-             + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()) + ".", "",
-             "| what | precision | images/s | GFLOP/s | share of matmul peak | vs fit float32 |",
-             "|---|---|---:|---:|---:|---:|"]
-    for what, precision, speed in rows:
-        gflops = speed * flops / 1e9
-        lines.append(f"| {what} | {precision} | {speed:,.0f} | {gflops:.0f} | "
-                     f"{gflops / peaks[precision]:.0%} | {speed / fit_f32:.2f}x |")
-
-    lines += ["", f"bn_cnn (the best model's network), batch {args.batch_size}, our loop, steps_per_loop=100, "
-                  "timed in the same turns:", "",
-              "| batch normalization | precision | images/s |", "|---|---|---:|"]
-    lines += [f"| {name} | {precision} | {i:,.0f} |" for name, precision, i in bn_rows]
-
-    from cnn.config import Config
-
-    defaults = Config()
-    spl = defaults.steps_per_loop if defaults.steps_per_loop in args.steps_per_loop else max(args.steps_per_loop)
-    default_ips = next(ips for what, p, ips in rows if p == "float32" and what.endswith(f"steps_per_loop={spl}"))
-    epoch_seconds = len(data.x_train) / default_ips
-    drawings = curve_drawings(defaults.epochs, epoch_seconds, defaults.plot_every_n_minutes)
-    curves = overhead.pop("curves")
-    overhead["learning_curves.png"] = curves * drawings / defaults.epochs
-    lines += ["", f"Per-epoch overhead, float32, steps_per_loop={spl} (one epoch of training steps: "
-                  f"{epoch_seconds:.1f} s at {default_ips:,.0f} images/s). Drawing learning_curves.png "
-                  f"takes {curves:.3f} s; at this speed a {defaults.epochs}-epoch run draws it {drawings} "
-                  f"times (after the first and last epochs, and at most every "
-                  f"{defaults.plot_every_n_minutes:g} min between), so its row is the cost per epoch:", "",
-              "| work per epoch | seconds | share of the epoch's train-step time |", "|---|---:|---:|"]
-    for what, seconds in [*overhead.items(), ("all", sum(overhead.values()))]:
-        lines.append(f"| {what} | {seconds:.3f} | {seconds / epoch_seconds:.1%} |")
-    startup = startup_times(args.data_dir)
-    lines += ["", f"`python train.py --help`: {startup['help']:.2f} s. First training step of "
-                  f"`python train.py dataset=fashion_mnist dataset.data_dir=... epochs=1` done "
-                  f"{startup['first_step']:.1f} s after the process started."]
-    report = "\n".join(lines) + "\n"
+    report = "\n".join(speed_table(args, m) + overhead_table(args, m)) + "\n"
     print(report)
     if args.out:
         Path(args.out).write_text(report)

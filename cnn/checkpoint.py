@@ -1,23 +1,20 @@
-"""Resumable training state and the checkpoint directory that holds it.
+"""The checkpoint directory: what `tf.train.CheckpointManager` does not do itself.
 
-`TrainState` is the one checkpointable object: model, optimizer, step counter,
-Dropout's seed-generator states and the current epoch's metric accumulators.
-`CheckpointDir` wraps `tf.train.CheckpointManager` with what TensorFlow does
-not do itself: a lock against a second writer, a record of the run identity
-that refuses mismatched weights, and falling back past a corrupt latest file.
+A lock against a second writer (`DirectoryLock`), a record of the run identity
+that refuses mismatched weights (`run.json`), and restoring the newest usable
+checkpoint, falling back past a corrupt latest one (`restore_latest`). What is
+saved is `cnn.state.TrainState`.
 """
 
 from __future__ import annotations
 
 import datetime
-import fcntl
 import json
 import logging
 import os
 from pathlib import Path
 from typing import Optional
 
-import keras
 import tensorflow as tf
 
 from cnn.errors import CheckpointError
@@ -28,46 +25,10 @@ log = logging.getLogger(__name__)
 IDENTITY_FILE = "run.json"
 LOCK_FILE = ".lock"
 
-
-
-
-class TrainState:
-    """Everything a run needs to continue exactly where it stopped.
-
-    Attributes:
-      model, optimizer: the Keras model and its (built) optimizer.
-      step: int64 count of training steps taken.
-      nonfinite_step: first step whose loss was NaN/Inf, or -1 (never saved).
-      loss, accuracy: the running epoch's Keras metrics.
-      checkpoint: the tf.train.Checkpoint over all of the above.
-    """
-
-    def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer):
-        self.model, self.optimizer = model, optimizer
-        # Keras 3 optimizers create slots lazily; build now so a restore fills them.
-        optimizer.build(model.trainable_variables)
-        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        self.nonfinite_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
-        self.loss = keras.metrics.Mean(name="loss")
-        self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-        weights = {id(w) for w in model.weights}
-        self.checkpoint = tf.train.Checkpoint(
-            model=model, optimizer=optimizer, step=self.step,
-            # Dropout's SeedGenerator states: in model.variables, not model.weights,
-            # and not saved with the model.
-            rng=[v for v in model.variables if id(v) not in weights],
-            metrics=[v for m in (self.loss, self.accuracy) for v in m.variables],
-        )
-        # Weights must be reachable from the model itself (the optimizer also references the
-        # trainable ones, which hides a gap until BatchNorm statistics go missing).
-        tracked = {id(t) for t in tf.train.TrackableView(model).descendants()}
-        missing = [v.path for v in model.weights if id(v) not in tracked]
-        if missing:  # e.g. models kept in a list: Keras sees them, tf.train.Checkpoint does not
-            raise ValueError(f"model variables a checkpoint would not save: {', '.join(missing[:5])}")
-
-    def reset_metrics(self) -> None:
-        self.loss.reset_state()
-        self.accuracy.reset_state()
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 
 def _differences(saved: dict, current: dict) -> list[str]:
@@ -100,6 +61,7 @@ class DirectoryLock:
 
     flock is released by the kernel when its owner dies, so a killed run never
     leaves a stale lock behind; the file records the owner's pid for the message.
+    Where flock does not exist (Windows), the directory is used unlocked, with a warning.
     """
 
     def __init__(self, directory: Path):
@@ -108,13 +70,17 @@ class DirectoryLock:
 
     def __enter__(self):
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise CheckpointError(f"{self.path.parent} is in use by another training process "
-                                  f"(pid {owner}); wait for it to finish or stop it") from None
+        if fcntl is None:
+            log.warning("no file locking on this system: nothing stops a second process "
+                        "from training into %s at the same time", self.path.parent)
+        else:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise CheckpointError(f"{self.path.parent} is in use by another training process "
+                                      f"(pid {owner}); wait for it to finish or stop it") from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
@@ -214,8 +180,9 @@ def write_identity(directory: Path, identity: dict, run_name: str) -> None:
         atomic_write(path, json.dumps({"run_name": run_name, "identity": identity}, indent=2) + "\n")
 
 
-def make_manager(state: TrainState, directory: Path, keep: int) -> tf.train.CheckpointManager:
-    """A CheckpointManager saving `ckpt-<step>` files into `directory`, keeping the last `keep`."""
+def make_manager(state, directory: Path, keep: int) -> tf.train.CheckpointManager:
+    """A CheckpointManager saving `state` (a TrainState) as `ckpt-<step>` files into `directory`,
+    keeping the last `keep`."""
     _write_state_file(directory)  # also repairs a garbled state file
     return tf.train.CheckpointManager(state.checkpoint, str(directory), max_to_keep=keep,
                                       step_counter=state.step)

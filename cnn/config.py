@@ -1,79 +1,84 @@
-"""Configuration schema: typed dataclasses behind the YAML in `conf/`.
+"""Configuration: the typed schema behind the YAML in `conf/`, and the run's identity.
 
-Hydra validates overrides against these at composition time (`lr=abc`,
-`batch_sise=10`), and `validate` checks the values that types cannot
-(`lr > 0`, ...). Nothing here imports TensorFlow, so `--help` stays fast.
+`conf/` is the one source of every value; these dataclasses give only the
+types (no defaults but None, "not used by this model"), so a config built in
+Python (`compose`) and one built on the command line are the same config.
+Hydra checks types at composition (`lr=abc`), `to_config` the keys Hydra lets
+through (`+batch_sise=10`) and `validate` the values that types cannot
+(`lr > 0`). Nothing here imports TensorFlow, so `--help` stays fast.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import MISSING
+from cnn.errors import ConfigError
 
-
-from cnn.errors import ConfigError  # noqa: F401  (raised by validate)
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 @dataclass
 class DatasetConfig:
-    name: str = MISSING  # mnist | fashion_mnist | cifar10
-    data_dir: Optional[str] = None  # null: Keras cache, then download
-    download: bool = True  # fetch missing files from the canonical source
-    augment: bool = False  # random rotation and shift (and flip) of the training images, on the fly
-    max_rotation: float = 15.0  # degrees, either way
-    max_shift: float = 2.0  # pixels, each axis, either way
-    flip: bool = False  # with augment: mirror half the images left to right (clothes, objects; not digits)
+    name: str  # mnist | fashion_mnist | cifar10
+    data_dir: Optional[str]  # null: Keras cache, then download
+    download: bool  # fetch missing files from the canonical source
+    augment: bool  # random rotation and shift (and flip) of the training images, on the fly
+    max_rotation: float  # with augment: degrees, either way
+    max_shift: float  # with augment: pixels, each axis, either way
+    flip: bool  # with augment: mirror half the images left to right
 
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING  # a key of cnn.models.MODELS
-    dropout: float = 0.0
-    members: str = "book_cnn"  # ensemble only: the registered model of each member
-    size: int = 5  # ensemble only: the number of members
+    name: str  # a key of cnn.models.MODELS
+    dropout: float
+    members: Optional[str] = None  # ensemble only: the registered model of each member
+    size: Optional[int] = None  # ensemble only: the number of members
 
 
 @dataclass
 class ScheduleConfig:
-    name: str = "constant"  # constant | exponential | cosine
-    decay_steps: int = 600  # exponential: steps per decay; cosine: steps to the end
-    decay_rate: float = 0.96  # exponential
-    staircase: bool = False  # exponential: decay in steps, not continuously
-    alpha: float = 0.0  # cosine: the final rate, as a fraction of lr
+    name: str  # constant | exponential | cosine
+    decay_steps: int  # exponential: steps per decay; cosine: steps to the end
+    decay_rate: float  # exponential
+    staircase: bool  # exponential: decay in steps, not continuously
+    alpha: float  # cosine: the final rate, as a fraction of lr
 
 
 @dataclass
 class CheckpointConfig:
-    dir: Optional[str] = None  # null: checkpoints/<run name>
-    keep: int = 3  # checkpoints kept on disk
-    every_n_steps: Optional[int] = None  # plus one at every epoch end
-    every_n_minutes: Optional[float] = 10.0
+    dir: Optional[str]  # null: checkpoints/<run name>
+    keep: int  # checkpoints kept on disk
+    every_n_steps: Optional[int]  # plus one at every epoch end
+    every_n_minutes: Optional[float]
 
 
 @dataclass
 class Config:
-    dataset: DatasetConfig = MISSING
-    model: ModelConfig = MISSING
-    lr: float = 0.001
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    epochs: int = 15
-    batch_size: int = 100
-    seed: int = 0
-    precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16 (Keras policies)
-    steps_per_loop: int = 100  # training steps per compiled call
-    mode: str = "train"  # train | eval
-    resume: str = "auto"  # auto | never | <checkpoint path>
-    deterministic: bool = True  # bitwise-reproducible ops (slower on GPU)
-    progress: Optional[bool] = None  # progress bar; null: when on a terminal
-    summaries: Optional[bool] = None  # TensorBoard event files; null: when TensorBoard is installed
-    summary_every_n_steps: int = 100  # training scalars every N steps (epoch ones every epoch)
-    plot_every_n_minutes: float = 1.0  # learning_curves.png redrawn at most this often, and at the end
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    dataset: DatasetConfig
+    model: ModelConfig
+    lr: float
+    schedule: ScheduleConfig
+    epochs: int
+    batch_size: int
+    seed: int
+    precision: str  # float32 | mixed_bfloat16 | mixed_float16 (Keras policies)
+    steps_per_loop: int  # training steps per compiled call
+    mode: str  # train | eval
+    resume: str  # auto | never | <checkpoint path>
+    deterministic: bool  # bitwise-reproducible ops
+    progress: Optional[bool]  # progress bar; null: when on a terminal
+    summaries: Optional[bool]  # TensorBoard event files; null: when TensorBoard is installed
+    summary_every_n_steps: int  # training scalars every N steps (epoch ones every epoch)
+    plot_every_n_minutes: float  # learning_curves.png redrawn at most this often, and at the end
+    checkpoint: CheckpointConfig
 
 
 MODES = ("train", "eval")
@@ -96,27 +101,103 @@ NOT_IDENTITY = (
     "dataset.data_dir",
     "dataset.download",
 )
+# Schedule parameters each schedule reads; the others cannot change a run.
+SCHEDULE_KEYS = {"constant": (), "exponential": ("decay_steps", "decay_rate", "staircase"),
+                 "cosine": ("decay_steps", "alpha")}
 
 
 def register_configs() -> None:
-    """Registers the schema in Hydra's ConfigStore (called by train.py)."""
+    """Registers the schema in Hydra's ConfigStore (train.py and `compose` call it)."""
     from hydra.core.config_store import ConfigStore
 
-    cs = ConfigStore.instance()
-    cs.store(name="schema", node=Config)
+    ConfigStore.instance().store(name="schema", node=Config)
+
+
+def compose(*overrides: str) -> Config:
+    """The config `python train.py <overrides>` runs, for notebooks, tests and the benchmark.
+
+    e.g. `compose("dataset=fashion_mnist", "dataset.data_dir=/data/fashion-mnist", "epochs=1")`.
+    Raises ConfigError (one line) for a bad override.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register_configs()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    except Exception as e:  # noqa: BLE001  (Hydra and OmegaConf errors, reworded)
+        message = explain(e)
+        if message is None:
+            raise
+        raise ConfigError(message) from None
+    return to_config(cfg)
+
+
+def explain(error: BaseException) -> Optional[str]:
+    """One line for a Hydra/OmegaConf composition error (what is wrong, how to fix it), or None
+    for an exception that is not one."""
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    if not isinstance(error, (HydraException, OmegaConfBaseException)):
+        return None
+    cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
+    key = getattr(cause, "full_key", None)
+    text = str(cause).splitlines()[0].strip() if str(cause).strip() else type(cause).__name__
+    if isinstance(error, MissingConfigException) and error.options is not None:
+        group = (error.missing_cfg_file or "").rsplit("/", 1)[0]
+        name = (error.missing_cfg_file or "").rsplit("/", 1)[-1]
+        return f"{group}={name}: no such option; available: {', '.join(sorted(error.options))}"
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key:
+        return unknown_key_message(key)
+    if key:
+        return f"{key}: {text}"
+    return text
+
+
+def unknown_key_message(key: str) -> str:
+    """'batch_sise: no such key (did you mean batch_size?) ...'."""
+    close = difflib.get_close_matches(key, _schema_keys(Config), n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"{key}: no such key{hint}; `python train.py --help` lists them"
+
+
+def _schema_keys(cls, prefix: str = "") -> list[str]:
+    """Every key of the schema, flattened: ['dataset.name', ..., 'lr', ...]."""
+    keys = []
+    for name, kind in typing.get_type_hints(cls).items():
+        keys += _schema_keys(kind, f"{prefix}{name}.") if dataclasses.is_dataclass(kind) else [prefix + name]
+    return keys
 
 
 def to_config(cfg: Any) -> Config:
-    """Converts a composed DictConfig into a plain, validated `Config`."""
-    from omegaconf import OmegaConf
+    """Converts a composed DictConfig into a plain, validated `Config`.
 
-    config = OmegaConf.to_object(cfg) if not isinstance(cfg, Config) else cfg
+    Keys outside the schema fail here: Hydra's `+key=value` adds them even to a typed config.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(cfg, Config):
+        config = cfg
+    else:
+        known = set(_schema_keys(Config))
+        given = _flatten(OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False))
+        unknown = [k for k in given if k not in known]
+        if unknown:
+            raise ConfigError(unknown_key_message(unknown[0]))
+        try:
+            config = OmegaConf.to_object(cfg)
+        except OmegaConfBaseException as e:
+            raise ConfigError(explain(e)) from None
     validate(config)
     return config
 
 
 def validate(config: Config) -> None:
     """Raises ConfigError naming the first out-of-range value."""
+    model, s = config.model, config.schedule
     checks = [
         (config.lr > 0, f"lr={config.lr}: must be > 0"),
         (config.epochs >= 1, f"epochs={config.epochs}: must be >= 1"),
@@ -125,11 +206,10 @@ def validate(config: Config) -> None:
         (config.precision in PRECISIONS,
          f"precision={config.precision}: must be one of {', '.join(PRECISIONS)}"),
         (config.steps_per_loop >= 1, f"steps_per_loop={config.steps_per_loop}: must be >= 1"),
-        (config.schedule.name in SCHEDULES,
-         f"schedule.name={config.schedule.name}: must be one of {', '.join(SCHEDULES)}"),
-        (config.schedule.decay_steps >= 1, f"schedule.decay_steps={config.schedule.decay_steps}: must be >= 1"),
-        (0 < config.schedule.decay_rate <= 1, f"schedule.decay_rate={config.schedule.decay_rate}: must be in (0, 1]"),
-        (config.model.size >= 1, f"model.size={config.model.size}: must be >= 1"),
+        (s.name in SCHEDULES, f"schedule.name={s.name}: must be one of {', '.join(SCHEDULES)}"),
+        (s.decay_steps >= 1, f"schedule.decay_steps={s.decay_steps}: must be >= 1"),
+        (0 < s.decay_rate <= 1, f"schedule.decay_rate={s.decay_rate}: must be in (0, 1]"),
+        (model.size is None or model.size >= 1, f"model.size={model.size}: must be >= 1"),
         (config.dataset.max_rotation >= 0 and config.dataset.max_shift >= 0,
          "dataset.max_rotation and dataset.max_shift must be >= 0"),
         (config.summary_every_n_steps >= 1,
@@ -137,7 +217,7 @@ def validate(config: Config) -> None:
         (config.plot_every_n_minutes >= 0,
          f"plot_every_n_minutes={config.plot_every_n_minutes}: must be >= 0 (0: every epoch)"),
         (config.mode in MODES, f"mode={config.mode}: must be one of {', '.join(MODES)}"),
-        (0 <= config.model.dropout < 1, f"model.dropout={config.model.dropout}: must be in [0, 1)"),
+        (0 <= model.dropout < 1, f"model.dropout={model.dropout}: must be in [0, 1)"),
         (config.checkpoint.keep >= 1, f"checkpoint.keep={config.checkpoint.keep}: must be >= 1"),
         (config.checkpoint.every_n_steps is None or config.checkpoint.every_n_steps >= 1,
          f"checkpoint.every_n_steps={config.checkpoint.every_n_steps}: must be >= 1 or null"),
@@ -148,6 +228,11 @@ def validate(config: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def model_options(model: ModelConfig) -> dict:
+    """The options given to the model's builder: every set key but the name."""
+    return {k: v for k, v in dataclasses.asdict(model).items() if k != "name" and v is not None}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -161,13 +246,25 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _matters(key: str, config: Config) -> bool:
+    """Whether `key` can change what the run computes."""
+    if any(key == n or key.startswith(n + ".") for n in NOT_IDENTITY):
+        return False
+    if key in ("dataset.max_rotation", "dataset.max_shift", "dataset.flip"):
+        return config.dataset.augment
+    if key.startswith("schedule.") and key != "schedule.name":
+        return key.split(".", 1)[1] in SCHEDULE_KEYS.get(config.schedule.name, ())
+    return True
+
+
 def identity(config: Config) -> dict:
-    """The settings that determine what a run computes, flattened: {'lr': 0.001, ...}."""
+    """The settings that determine what a run computes, flattened: {'lr': 0.001, ...}.
+
+    Unset model options (None) and keys the run does not read (augmentation parameters
+    without `augment`, another schedule's parameters) are left out.
+    """
     flat = _flatten(dataclasses.asdict(config))
-    return {
-        k: v for k, v in sorted(flat.items())
-        if not any(k == n or k.startswith(n + ".") for n in NOT_IDENTITY)
-    }
+    return {k: v for k, v in sorted(flat.items()) if v is not None and _matters(k, config)}
 
 
 def run_name(config: Config, data_fingerprint: Optional[str] = None) -> str:

@@ -15,6 +15,8 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
+from cnn.errors import ConfigError
+
 MODELS: dict[str, Callable] = {}
 
 
@@ -196,7 +198,7 @@ class Ensemble(keras.Model):
 def ensemble(input_shape, num_classes, members="book_cnn", size=5, dropout=0.4):
     """`size` independently initialized copies of registered model `members`."""
     if members == "ensemble" or members not in MODELS:
-        raise KeyError(f"model.members={members}: not an ensemble member; known: "
+        raise ConfigError(f"model.members={members}: not an ensemble member; known: "
                        f"{', '.join(sorted(set(MODELS) - {'ensemble'}))}")
     nets = [create_model(members, input_shape, num_classes, dropout=dropout) for _ in range(size)]
     model = Ensemble(nets, name=f"ensemble_{members}_x{size}")
@@ -205,10 +207,15 @@ def ensemble(input_shape, num_classes, members="book_cnn", size=5, dropout=0.4):
 
 
 def create_model(name: str, input_shape, num_classes: int, **options):
-    """Builds registered model `name` with the options its builder takes (the others are
-    for other models); an unknown name lists the known ones."""
+    """Builds registered model `name`; `options` are its builder's keyword arguments
+    (model.dropout, ...). An unknown name or an option the model does not take is a
+    ConfigError that lists what is known."""
     if name not in MODELS:
-        raise KeyError(f"unknown model '{name}'; known: {', '.join(sorted(MODELS))}")
+        raise ConfigError(f"model.name={name}: unknown model; known: {', '.join(sorted(MODELS))}")
     builder = MODELS[name]
-    accepted = inspect.signature(builder).parameters
-    return builder(tuple(input_shape), num_classes, **{k: v for k, v in options.items() if k in accepted})
+    accepted = [p for p in inspect.signature(builder).parameters if p not in ("input_shape", "num_classes")]
+    refused = sorted(set(options) - set(accepted))
+    if refused:
+        raise ConfigError(f"model.{refused[0]}={options[refused[0]]}: {name} does not take it "
+                          f"(its options: {', '.join(accepted) or 'none'})")
+    return builder(tuple(input_shape), num_classes, **options)

@@ -3,9 +3,9 @@
     python -m cnn.report multirun/2026-11-22/12-00-00
 
 Writes report.csv, report.md, objective_vs_<key>.png for each swept key and
-learning_curves.png into the sweep directory. `SweepReport` is the Hydra
-callback (conf/config.yaml) that does the same at the end of every multirun.
-No TensorFlow here; Hydra only for the callback's base class.
+learning_curves.png into the sweep directory. cnn/sweep_callback.py calls it
+at the end of every multirun. No TensorFlow and no Hydra here: it reads the
+job directories' files only.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import yaml
-from hydra.experimental.callback import Callback
 
 from cnn import history
 
@@ -80,42 +79,75 @@ def _cell(value) -> str:
     return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def plot(jobs: list[dict], sweep_dir: Path) -> list[Path]:
-    """objective_vs_<key>.png per swept key, and learning_curves.png."""
+def _swept_axis(ax, texts: list[str]) -> list[float]:
+    """Puts a key's swept values (as written in the overrides) on the x axis; returns each one's x.
+
+    Numbers get ticks at exactly the swept values (matplotlib's own ticks run into one another,
+    or miss the values), on a log scale when all are positive and spread over 10x or more.
+    Anything else is a category, in order of first appearance.
+    """
+    numbers = [_number(t) for t in texts]
+    if texts and None not in numbers:
+        labels = dict(sorted(zip(numbers, texts)))  # {value: text}: "1e-3" and "0.001" are one tick
+        if min(labels) > 0 and max(labels) / min(labels) > 9.99:  # 0.3 / 0.03 = 9.999999999999998
+            ax.set_xscale("log")  # before the ticks: setting a scale resets them
+        ticks, x = list(labels), numbers
+    else:
+        categories = list(dict.fromkeys(texts))
+        labels = dict(enumerate(categories))
+        ticks, x = list(labels), [categories.index(t) for t in texts]
+        ax.set_xlim(-0.5, max(len(ticks), 1) - 0.5)
+    crowded = None in numbers or sum(len(t) for t in labels.values()) > 30
+    ax.set_xticks(ticks, list(labels.values()), **({"rotation": 30, "ha": "right", "fontsize": 8} if crowded else {}))
+    ax.set_xticks([], minor=True)  # a log axis labels its minor ticks when it spans few decades
+    return x
+
+
+def objective_figure(jobs: list[dict], key: str):
+    """The objective of every finished job against its value of the swept `key` (a Figure)."""
     from cnn.plots import figure
 
-    written = []
     done = [job for job in jobs if _objective(job) > -math.inf]
-    for key in swept_keys(jobs):
-        fig = figure((5, 3.5))
-        ax = fig.subplots()
-        values = [_number(job["overrides"].get(key)) for job in done]
-        numeric = all(v is not None for v in values)
-        x = values if numeric else [str(job["overrides"].get(key)) for job in done]
-        ax.scatter(x, [_objective(job) for job in done])
-        if numeric and values and min(values) > 0 and max(values) / min(values) >= 100:
-            ax.set_xscale("log")
-        ax.set(xlabel=key, ylabel=OBJECTIVE, title=f"{OBJECTIVE} against {key}")
-        ax.grid(alpha=0.3)
-        path = sweep_dir / f"objective_vs_{key.replace('/', '_')}.png"
-        fig.savefig(path, dpi=100)
-        written.append(path)
+    fig = figure((5, 3.5))
+    ax = fig.subplots()
+    x = _swept_axis(ax, [str(job["overrides"].get(key)) for job in done])
+    ax.scatter(x, [_objective(job) for job in done])
+    ax.set(xlabel=key, ylabel=OBJECTIVE, title=f"{OBJECTIVE} against {key}")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def curves_figure(jobs: list[dict]):
+    """Every job's training loss (log scale: one diverged job must not flatten the rest) and
+    test accuracy per epoch (a Figure)."""
+    from cnn.plots import figure
+
     fig = figure((10, 3.8))
     loss_ax, acc_ax = fig.subplots(1, 2)
+    keys = swept_keys(jobs)
     for job in jobs:
         if job["rows"]:
             epochs = [r["epoch"] for r in job["rows"]]
-            label = " ".join(f"{k}={job['overrides'].get(k)}" for k in swept_keys(jobs)) or job["job"]
+            label = " ".join(f"{k}={job['overrides'].get(k)}" for k in keys) or job["job"]
             loss_ax.plot(epochs, [r["loss"] for r in job["rows"]], marker=".", label=label)
             acc_ax.plot(epochs, [r["test_accuracy"] for r in job["rows"]], marker=".", label=label)
+    loss_ax.set_yscale("log")
     loss_ax.set(xlabel="epoch", ylabel="training loss", title="loss")
     acc_ax.set(xlabel="epoch", ylabel="test accuracy", title="test accuracy")
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
-    acc_ax.legend(fontsize=7)
-    path = sweep_dir / "learning_curves.png"
-    fig.savefig(path, dpi=100)
-    return [*written, path]
+    if acc_ax.lines:
+        acc_ax.legend(fontsize=7)
+    return fig
+
+
+def plot(jobs: list[dict], sweep_dir: Path) -> list[Path]:
+    """Writes objective_vs_<key>.png per swept key, and learning_curves.png; returns their paths."""
+    figures = {f"objective_vs_{key.replace('/', '_')}.png": objective_figure(jobs, key) for key in swept_keys(jobs)}
+    figures["learning_curves.png"] = curves_figure(jobs)
+    for name, fig in figures.items():
+        fig.savefig(sweep_dir / name, dpi=100)
+    return [sweep_dir / name for name in figures]
 
 
 def write_report(sweep_dir: str | Path) -> list[dict]:
@@ -132,31 +164,6 @@ def write_report(sweep_dir: str | Path) -> list[dict]:
     history.atomic_write(sweep_dir / "report.md", f"# Sweep {sweep_dir}\n\nSorted by {OBJECTIVE}.\n\n"
                          + "\n".join(lines) + "\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in images) + "\n")
     return jobs
-
-
-class SweepReport(Callback):
-    """Hydra callback: the report at the end of a multirun, and a failing exit if a job failed."""
-
-    def on_multirun_end(self, config, **kwargs) -> None:
-        import logging
-
-        log = logging.getLogger("cnn.report")
-        sweep_dir = Path(config.hydra.sweep.dir)
-        try:
-            jobs = write_report(sweep_dir)
-        except Exception:  # noqa: BLE001  (the sweep's exit status must still tell of failed jobs)
-            log.exception("could not write the sweep report")
-            jobs = collect(sweep_dir)
-        counts = {}
-        for job in jobs:
-            counts[job["results"].get("status")] = counts.get(job["results"].get("status"), 0) + 1
-        log.info("sweep of %d jobs: %s; report in %s", len(jobs),
-                 ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=str)), sweep_dir / "report.md")
-        failed = [job["job"] for job in jobs if job["results"].get("status") in ("failed", "unfinished", None)]
-        if failed:  # SystemExit: Hydra turns exceptions in callbacks into warnings
-            log.error("%d of %d jobs failed (jobs %s); see %s", len(failed), len(jobs), ", ".join(failed),
-                      sweep_dir / "report.md")
-            sys.exit(1)
 
 
 def main(argv=None) -> None:

@@ -1,22 +1,20 @@
 """Feature maps: every channel of every conv and pool layer for one test image.
 
-    python -m cnn.visualize --checkpoint checkpoints/<run name> --index 0 --out feature_maps/
-    python -m cnn.visualize --model book_cnn --dataset mnist --data-dir tests/data/mnist-sample
+    python -m cnn.visualize --checkpoint checkpoints/<run name> --index 0
+    python -m cnn.visualize --model book_cnn --data-dir tests/data/mnist-sample --out /tmp/maps
 
 With --checkpoint (a run's checkpoint directory, its latest checkpoint, or a
 `<dir>/ckpt-N` prefix) the model and dataset are the run's own (from run.json);
-without it, a freshly initialized --model. Writes one PNG per layer.
+without it, a freshly initialized --model. Writes one PNG per layer, by default
+into the checkpoint directory's feature_maps/ (without --checkpoint, --out is required).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def layer_outputs(model, image):
@@ -73,8 +71,17 @@ def main(argv=None) -> None:
     parser.add_argument("--dataset", default="mnist", help="without --checkpoint")
     parser.add_argument("--data-dir", help="the dataset's files (as dataset.data_dir)")
     parser.add_argument("--index", type=int, default=0, help="test image index")
-    parser.add_argument("--out", type=Path, default=Path("feature_maps"))
+    parser.add_argument("--out", type=Path,
+                        help="where the PNGs go (default: <the checkpoint's directory>/feature_maps)")
     args = parser.parse_args(argv)
+    if args.out is None:
+        if args.checkpoint is None:
+            parser.error("--out is required without --checkpoint")
+        checkpoint = Path(args.checkpoint)  # a directory, or a <dir>/ckpt-N prefix
+        args.out = (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "feature_maps"
+    from cnn.console import import_tensorflow
+
+    import_tensorflow()  # without its C++ start-up lines
 
     from cnn import plots
     from cnn.errors import CnnError

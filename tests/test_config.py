@@ -1,14 +1,18 @@
 """Every config group composes; bad values and keys fail with a readable message."""
 
+import dataclasses
 import itertools
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from cnn.config import ConfigError, identity, register_configs, run_name, to_config
+from cnn.config import (CheckpointConfig, Config, ConfigError, DatasetConfig, ModelConfig, ScheduleConfig,
+                        compose, identity, register_configs, run_name, to_config)
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 register_configs()
@@ -16,7 +20,7 @@ register_configs()
 
 def load(*overrides):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+        return hydra_compose(config_name="config", overrides=list(overrides))
 
 
 def group_options(group):
@@ -47,10 +51,17 @@ def test_bad_overrides_are_rejected(override, message):
     assert message in str(e.value) + str(e.value.__cause__)
 
 
-def test_unknown_dataset_lists_the_options():
-    with pytest.raises(Exception) as e:
-        load("dataset=foo")
-    assert "fashion_mnist" in str(e.value)
+@pytest.mark.parametrize("override,message", [
+    ("batch_sise=10", "batch_sise: no such key (did you mean batch_size?)"),
+    ("+batch_sise=10", "batch_sise: no such key (did you mean batch_size?)"),
+    ("+model.foo=1", "model.foo: no such key"),
+    ("lr=abc", "lr: Value 'abc' of type 'str' could not be converted to Float"),
+    ("dataset=foo", "dataset=foo: no such option; available: cifar10, fashion_mnist, mnist"),
+])
+def test_bad_overrides_are_one_line_errors(override, message):
+    with pytest.raises(ConfigError) as e:
+        compose(override)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("override,message", [
@@ -66,6 +77,42 @@ def test_unknown_dataset_lists_the_options():
 def test_out_of_range_values(override, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         to_config(load(override))
+
+
+def test_the_yaml_is_the_only_source_of_values():
+    """The schema holds types only: no default a Python-built config could pick up instead of conf/'s."""
+    for schema in (Config, DatasetConfig, ModelConfig, ScheduleConfig, CheckpointConfig):
+        for f in dataclasses.fields(schema):
+            assert f.default in (dataclasses.MISSING, None) and f.default_factory is dataclasses.MISSING, \
+                (schema.__name__, f.name)
+
+
+@pytest.mark.parametrize("group", ["dataset", "model"])
+def test_every_group_option_sets_every_key_it_uses(group):
+    """Each conf/<group>/<option>.yaml gives a value to every key of its schema (null only for
+    model options the model does not take), and the composed config equals the file."""
+    schema = {"dataset": DatasetConfig, "model": ModelConfig}[group]
+    optional = {f.name for f in dataclasses.fields(schema) if f.default is None}
+    for option in group_options(group):
+        written = OmegaConf.to_container(OmegaConf.load(Path(CONF) / group / f"{option}.yaml"))
+        assert {f.name for f in dataclasses.fields(schema)} - optional <= written.keys(), option
+        composed = dataclasses.asdict(getattr(compose(f"{group}={option}"), group))
+        assert composed == {**{k: None for k in optional}, **written}, option
+
+
+def test_keys_that_cannot_change_a_run_stay_out_of_its_name():
+    base = compose()
+    for override in ("dataset.max_rotation=3", "dataset.max_shift=1", "dataset.flip=true",
+                     "schedule.decay_steps=7", "schedule.alpha=0.5", "epochs=3", "checkpoint.keep=9"):
+        assert run_name(compose(override)) == run_name(base), override
+    assert "model.size" not in identity(base) and "model.members" not in identity(base)
+    augmented = compose("dataset.augment=true")
+    assert run_name(compose("dataset.augment=true", "dataset.max_rotation=3")) != run_name(augmented)
+    decaying = compose("schedule.name=exponential")
+    assert run_name(compose("schedule.name=exponential", "schedule.decay_steps=7")) != run_name(decaying)
+    assert run_name(compose("schedule.name=exponential", "schedule.alpha=0.5")) == run_name(decaying)
+    ensemble = compose("model=ensemble")
+    assert run_name(compose("model=ensemble", "model.size=3")) != run_name(ensemble)
 
 
 def test_identity_ignores_epochs_and_places():

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from cnn.errors import ConfigError
 from cnn.models import MODELS, create_model
 
 
@@ -23,7 +24,7 @@ def test_tutorial_cnn_outputs_logits():
 
 
 def test_unknown_model_lists_the_known_ones():
-    with pytest.raises(KeyError) as e:
+    with pytest.raises(ConfigError) as e:
         create_model("resnet", (28, 28, 1), 10)
     for name in MODELS:
         assert name in str(e.value)
@@ -107,22 +108,34 @@ def test_ensemble_stacks_independent_members():
     assert len({v.path for v in model.weights}) == len(model.weights)  # unique names
 
 
-def test_every_model_variable_is_checkpointed():
-    """Layers Keras tracks but tf.train.Checkpoint does not would silently not be saved."""
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_variable_is_checkpointed(name, tmp_path):
+    """Every variable, BatchNorm statistics and Dropout seeds included, survives a save and
+    a restore into a fresh model: layers Keras tracks but tf.train.Checkpoint does not would not."""
     import keras
 
-    from cnn.checkpoint import TrainState
+    from cnn.state import TrainState
 
-    for name in MODELS:
-        shape = (32, 32, 3) if name == "tutorial_cnn" else (28, 28, 1)
-        model = create_model(name, shape, 10, size=2)
-        TrainState(model, keras.optimizers.Adam())  # raises when a variable is not tracked
+    shape = (32, 32, 3) if name == "tutorial_cnn" else (28, 28, 1)
+    options = {"members": "bn_cnn", "size": 2} if name == "ensemble" else {}
+    keras.utils.set_random_seed(0)
+    saved = TrainState(create_model(name, shape, 10, **options), keras.optimizers.Adam())
+    saved.model(np.random.default_rng(0).random((4, *shape), np.float32), training=True)  # moves BN statistics
+    for v in saved.model.variables:  # every variable gets a value a fresh model cannot have
+        v.assign(np.full(v.shape, 7, v.dtype.name if hasattr(v.dtype, "name") else v.dtype))
+    path = saved.checkpoint.write(str(tmp_path / "ckpt"))
+    keras.utils.set_random_seed(1)
+    fresh = TrainState(create_model(name, shape, 10, **options), keras.optimizers.Adam())
+    fresh.checkpoint.read(path).assert_consumed()
+    assert len(fresh.model.variables) == len(saved.model.variables)
+    for v in fresh.model.variables:
+        np.testing.assert_array_equal(np.asarray(v.numpy()), 7, err_msg=v.path)
 
 
 def test_untracked_layers_are_refused():
     import keras
 
-    from cnn.checkpoint import TrainState
+    from cnn.state import TrainState
 
     class Hidden(keras.Model):
         def __init__(self):
@@ -140,5 +153,10 @@ def test_untracked_layers_are_refused():
 
 
 def test_ensemble_of_an_unknown_member():
-    with pytest.raises(KeyError, match="model.members=resnet"):
+    with pytest.raises(ConfigError, match="model.members=resnet"):
         create_model("ensemble", (28, 28, 1), 10, members="resnet")
+
+
+def test_an_option_the_model_does_not_take_is_an_error():
+    with pytest.raises(ConfigError, match=r"model.size=3: book_cnn does not take it \(its options: dropout\)"):
+        create_model("book_cnn", (28, 28, 1), 10, size=3)

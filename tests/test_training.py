@@ -1,26 +1,32 @@
 """The training loop: the compiled step, learning, checkpoints and resuming, in-process."""
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import SAMPLE
 
-from cnn import checkpoint, data, history, training
-from cnn.config import CheckpointConfig, Config, DatasetConfig, ModelConfig
-from cnn.errors import CheckpointError, TrainingError
+from cnn import checkpoint, data, evaluation, history, run, steps, training
+from cnn.config import Config, compose, validate
+from cnn.errors import CheckpointError, ConfigError, TrainingError
 
 
-def make_config(tmp_path, data_dir=SAMPLE, **overrides) -> Config:
-    ckpt = overrides.pop("checkpoint", {})
-    return Config(dataset=overrides.pop("dataset", DatasetConfig("mnist", str(data_dir))),
-                  model=overrides.pop("model", ModelConfig("book_cnn", 0.4)),
-                  lr=overrides.pop("lr", 0.001), epochs=overrides.pop("epochs", 1),
-                  batch_size=overrides.pop("batch_size", 100), progress=False,
-                  checkpoint=CheckpointConfig(dir=str(tmp_path / "ckpt"), **ckpt), **overrides)
+def make_config(tmp_path, *overrides: str, data_dir=SAMPLE, **fields) -> Config:
+    """What `python train.py dataset.data_dir=<data_dir> epochs=1 <overrides>` runs, with
+    checkpoints in tmp_path/ckpt; `fields` replace top-level values (a dict: nested ones)."""
+    config = compose(f"dataset.data_dir='{data_dir}'", "epochs=1", "progress=false",
+                     f"checkpoint.dir='{tmp_path / 'ckpt'}'", *overrides)
+    for key, value in fields.items():
+        if isinstance(value, dict):
+            value = dataclasses.replace(getattr(config, key), **value)
+        config = dataclasses.replace(config, **{key: value})
+    validate(config)
+    return config
 
 
 def variables(path) -> dict:
@@ -47,8 +53,8 @@ def sample():
 
 
 def new_state(config, sample):
-    training.setup(config)
-    return training.create_state(config, sample)
+    run.setup(config)
+    return run.create_state(config, sample)
 
 
 def run_steps(loop, dataset, n):
@@ -59,17 +65,17 @@ def test_compiled_steps_lower_the_loss(tmp_path, sample):
     state = new_state(make_config(tmp_path), sample)
     batch = next(iter(data.train_dataset(sample.x_train, sample.y_train, 64, 0, 0)))
     same_batch = tf.data.Dataset.from_tensors(batch).repeat()
-    loop = training.make_train_loop(state, same_batch.element_spec)
-    start = float(training.loss_fn(state.model, *batch)[0])
+    loop = steps.make_train_loop(state, same_batch.element_spec)
+    start = float(steps.loss_fn(state.model, *batch)[0])
     run_steps(loop, same_batch, 25)
-    assert float(training.loss_fn(state.model, *batch)[0]) < start / 2
+    assert float(steps.loss_fn(state.model, *batch)[0]) < start / 2
     assert int(state.step.numpy()) == 25
 
 
 def test_no_retracing_across_epochs_and_a_smaller_last_batch(tmp_path, sample):
     state = new_state(make_config(tmp_path, batch_size=300), sample)  # 2000 = 6 * 300 + 200
     ds = lambda epoch: data.train_dataset(sample.x_train, sample.y_train, 300, 0, epoch)
-    loop = training.make_train_loop(state, ds(0).element_spec)
+    loop = steps.make_train_loop(state, ds(0).element_spec)
     run_steps(loop, ds(0), 3)
     run_steps(loop, ds(0).skip(3), 4)  # one step per call, then several, and the 200-image batch
     assert loop.experimental_get_tracing_count() == 1
@@ -236,7 +242,7 @@ def test_a_second_process_is_locked_out(tmp_path):
 
 def test_eval_mode_reports_what_training_reported(tmp_path):
     trained = training.train_and_evaluate(make_config(tmp_path, epochs=1), tmp_path / "run")
-    evaluated = training.evaluate_checkpoint(make_config(tmp_path, mode="eval"), tmp_path / "eval")
+    evaluated = evaluation.evaluate_checkpoint(make_config(tmp_path, mode="eval"), tmp_path / "eval")
     assert evaluated["test_accuracy"] == trained["test_accuracy"]
     assert evaluated["test_loss"] == trained["test_loss"]
     assert evaluated["steps"] == 20 and evaluated["status"] == "evaluated"
@@ -244,7 +250,7 @@ def test_eval_mode_reports_what_training_reported(tmp_path):
 
 def test_eval_without_a_checkpoint_says_train_first(tmp_path):
     with pytest.raises(CheckpointError, match="train first"):
-        training.evaluate_checkpoint(make_config(tmp_path, mode="eval"), tmp_path / "eval")
+        evaluation.evaluate_checkpoint(make_config(tmp_path, mode="eval"), tmp_path / "eval")
 
 
 def test_checkpoint_cadence(monkeypatch):
@@ -266,42 +272,40 @@ def test_checkpoint_cadence(monkeypatch):
 def test_mixed_precision_trains_with_float32_logits_and_resumes(tmp_path, tiny_data, precision):
     # float16 kernels are slow on CPUs (GPUs are its place): a few tiny steps only.
     data_dir, batch = (SAMPLE, 100) if precision == "mixed_bfloat16" else (tiny_data, 60)
-    config = lambda where, epochs: make_config(tmp_path / where, data_dir, epochs=epochs, batch_size=batch,
+    config = lambda where, epochs: make_config(tmp_path / where, data_dir=data_dir, epochs=epochs, batch_size=batch,
                                                precision=precision)
-    straight = training.train_and_evaluate(config("a", 2), tmp_path / "a" / "run")
-    training.train_and_evaluate(config("b", 1), tmp_path / "b" / "r1")
-    resumed = training.train_and_evaluate(config("b", 2), tmp_path / "b" / "r2")
+    try:
+        straight = training.train_and_evaluate(config("a", 2), tmp_path / "a" / "run")
+        training.train_and_evaluate(config("b", 1), tmp_path / "b" / "r1")
+        resumed = training.train_and_evaluate(config("b", 2), tmp_path / "b" / "r2")
+        state = new_state(config("c", 1), data.load("mnist", str(data_dir)))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")  # for the other tests, whatever happened
     assert resumed["test_accuracy"] == straight["test_accuracy"]
     assert np.isfinite(resumed["test_loss"])
     (last,) = [Path(p).name for p in checkpoint.checkpoint_paths(tmp_path / "a" / "ckpt")][-1:]
     assert_same_checkpoint(tmp_path / "a" / "ckpt" / last, tmp_path / "b" / "ckpt" / last)
-    state = new_state(config("c", 1), data.load("mnist", str(data_dir)))
     assert state.model.layers[0].compute_dtype == precision.split("_")[1]
     assert state.model.layers[-1].compute_dtype == "float32"
-    assert isinstance(state.optimizer, training.keras.optimizers.LossScaleOptimizer) == (precision == "mixed_float16")
-    training.setup(make_config(tmp_path))  # back to float32 for the other tests
+    assert isinstance(state.optimizer, keras.optimizers.LossScaleOptimizer) == (precision == "mixed_float16")
 
 
-@pytest.mark.parametrize("schedule,steps,expected", [
+@pytest.mark.parametrize("schedule,at,expected", [
     ({"name": "constant"}, [0, 1000], [0.01, 0.01]),
     ({"name": "exponential", "decay_steps": 100, "decay_rate": 0.5, "staircase": True},
      [0, 99, 100, 250], [0.01, 0.01, 0.005, 0.0025]),
     ({"name": "exponential", "decay_steps": 100, "decay_rate": 0.5}, [50], [0.01 * 0.5 ** 0.5]),
     ({"name": "cosine", "decay_steps": 100, "alpha": 0.1}, [0, 50, 100, 200], [0.01, 0.0055, 0.001, 0.001]),
 ])
-def test_learning_rate_schedules(tmp_path, schedule, steps, expected):
-    from cnn.config import ScheduleConfig
-
-    rate = training.learning_rate(make_config(tmp_path, lr=0.01, schedule=ScheduleConfig(**schedule)))
-    values = [float(rate(s)) if callable(rate) else rate for s in steps]
+def test_learning_rate_schedules(tmp_path, schedule, at, expected):
+    rate = run.learning_rate(make_config(tmp_path, *(f"schedule.{k}={v}" for k, v in schedule.items()), lr=0.01))
+    values = [float(rate(s)) if callable(rate) else rate for s in at]
     np.testing.assert_allclose(values, expected, rtol=1e-5)
 
 
 def test_ensemble_trains_reports_members_and_round_trips(tmp_path):
-    from cnn.config import ModelConfig
-
-    config = lambda where, epochs, **kw: make_config(tmp_path / where, epochs=epochs,
-                                                     model=ModelConfig("ensemble", 0.4, "book_cnn", 2), **kw)
+    config = lambda where, epochs, **kw: make_config(tmp_path / where, "model=ensemble", "model.size=2",
+                                                     epochs=epochs, **kw)
     straight = training.train_and_evaluate(config("a", 2), tmp_path / "a" / "run")
     assert len(straight["member_test_accuracy"]) == 2
     assert straight["test_accuracy"] >= max(straight["member_test_accuracy"]) - 0.05
@@ -310,21 +314,20 @@ def test_ensemble_trains_reports_members_and_round_trips(tmp_path):
     fresh = new_state(config("c", 1), sample).model
     tf.train.Checkpoint(model=fresh).read(str(tmp_path / "a" / "ckpt" / "ckpt-40")).assert_existing_objects_matched()
     test_ds = data.test_dataset(sample.x_test, sample.y_test)
-    assert training.make_evaluate(fresh, test_ds.element_spec)(test_ds)[0]["member_test_accuracy"] == \
+    assert steps.make_evaluate(fresh, test_ds.element_spec)(test_ds)[0]["member_test_accuracy"] == \
         straight["member_test_accuracy"]
     training.train_and_evaluate(config("b", 1), tmp_path / "b" / "r1")
     resumed = training.train_and_evaluate(config("b", 2), tmp_path / "b" / "r2")
     same = ("test_accuracy", "test_loss", "member_test_accuracy", "epochs", "steps", "run_name")
     assert {k: resumed[k] for k in same} == {k: straight[k] for k in same} and resumed["status"] == "resumed"
     assert_same_checkpoint(tmp_path / "a" / "ckpt" / "ckpt-40", tmp_path / "b" / "ckpt" / "ckpt-40")
-    evaluated = training.evaluate_checkpoint(config("b", 2, mode="eval"), tmp_path / "b" / "eval")
+    evaluated = evaluation.evaluate_checkpoint(config("b", 2, mode="eval"), tmp_path / "b" / "eval")
     assert evaluated["member_test_accuracy"] == straight["member_test_accuracy"]
 
 
 def test_augmented_run_resumes_exactly(tmp_path):
     every = {"every_n_steps": 7, "keep": 100}
-    aug = DatasetConfig("mnist", str(SAMPLE), augment=True)
-    cfg = lambda where: make_config(tmp_path / where, epochs=2, checkpoint=every, dataset=aug)
+    cfg = lambda where: make_config(tmp_path / where, "dataset.augment=true", epochs=2, checkpoint=every)
     training.train_and_evaluate(cfg("a"), tmp_path / "a" / "run")
     shutil.copytree(tmp_path / "a" / "ckpt", tmp_path / "b" / "ckpt")
     for f in (tmp_path / "b" / "ckpt").glob("ckpt-*"):
@@ -336,8 +339,8 @@ def test_augmented_run_resumes_exactly(tmp_path):
 
 def test_other_data_gets_its_own_checkpoint_directory(tmp_path, tiny_data, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default checkpoints/ root
-    config = lambda data_dir: Config(dataset=DatasetConfig("mnist", str(data_dir)), model=ModelConfig("book_cnn", 0.4),
-                                     epochs=1, progress=False, summaries=False)
+    config = lambda data_dir: compose(f"dataset.data_dir='{data_dir}'", "epochs=1", "progress=false",
+                                      "summaries=false")
     real = training.train_and_evaluate(config(SAMPLE), tmp_path / "r1")
     toy = training.train_and_evaluate(config(tiny_data), tmp_path / "r2")
     assert real["checkpoint_dir"] != toy["checkpoint_dir"] and toy["status"] == "started"
@@ -369,6 +372,6 @@ def test_jobs_in_one_process_do_not_keep_each_others_graphs(tmp_path):
     for seed in range(3):
         training.train_and_evaluate(make_config(tmp_path / str(seed), seed=seed, summaries=False),
                                     tmp_path / f"run{seed}")
-        training.setup(make_config(tmp_path, seed=seed))  # what the next job starts with
+        run.setup(make_config(tmp_path, seed=seed))  # what the next job starts with
         counts.append(live_graphs())
     assert counts[2] == counts[1] == counts[0], counts

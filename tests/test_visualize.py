@@ -1,5 +1,7 @@
 """Figures and summaries: the chapter's basics, learning curves, TensorBoard, evaluation plots, feature maps."""
 
+import json
+import shutil
 from pathlib import Path
 
 import matplotlib.image
@@ -7,13 +9,24 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import SAMPLE
-from test_training import make_config
 
-from cnn import basics, plots, training, visualize
+from cnn import basics, evaluation, plots, training, visualize
+from cnn.config import compose
 
 
-def png_shape(path: Path):
-    return matplotlib.image.imread(path).shape
+def make_config(tmp_path, **overrides):
+    """One epoch on the MNIST sample, checkpointing into tmp_path/ckpt, and `overrides` (key=value)."""
+    overrides = {"epochs": 1, "progress": False, "checkpoint.dir": tmp_path / "ckpt", **overrides}
+    return compose(f"dataset.data_dir={SAMPLE}", "dataset.download=false",
+                   *(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in overrides.items()))
+
+
+def png(path: Path, width: int, height: int) -> np.ndarray:
+    """The RGB pixels (height, width, 3) of a PNG, after checking its size and that it is no blank page."""
+    pixels = matplotlib.image.imread(path)[..., :3]
+    assert pixels.shape[:2] == (height, width), path
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 20, path  # text, lines, shades
+    return pixels
 
 
 def test_toy_convolutions_and_pooling_match_hand_computation():
@@ -36,10 +49,34 @@ def test_a_digit_gives_14x14_then_7x7_maps():
     np.testing.assert_allclose(maps["digit_pool"][0, 0, 0], conv[:2, :2].max(axis=(0, 1)))
 
 
-def test_basics_entry_writes_its_figures(tmp_path):
+def test_basics_entry_prints_and_writes_its_figures(tmp_path, capsys):
     basics.main(["--out", str(tmp_path), "--data-dir", str(SAMPLE)])
-    for name in ("toy_conv", "toy_filters", "toy_pool", "digit", "digit_conv", "digit_pool"):
-        assert len(png_shape(tmp_path / f"{name}.png")) == 3, name
+    assert "pooling input (1, 2, 2, 1):\n[[4. 3.]\n [2. 1.]]" in capsys.readouterr().out
+    for name, width, height in [("toy_conv", 660, 260), ("toy_filters", 660, 260), ("toy_pool", 660, 260),
+                                ("digit", 160, 180), ("digit_conv", 450, 140), ("digit_pool", 450, 140)]:
+        png(tmp_path / f"{name}.png", width, height)
+
+
+def colour_at(pixels: np.ndarray, ax, row: int, col: int) -> tuple:
+    """The RGB drawn in cell (row, col) of an imshow panel, near its corner: the value is written at its centre."""
+    x, y = ax.transData.transform((col - 0.3, row - 0.3))  # display pixels, y up; the PNG's rows go down
+    return tuple(pixels[int(pixels.shape[0] - y), int(x)])
+
+
+@pytest.mark.parametrize("panels, cells", [
+    # 4 is the image's corner, the VALID pool's only value and the SAME pool's corner; 1 only in two panels.
+    (lambda toy: {"image": basics.POOL, "valid": toy["pool_valid"], "same": toy["pool_same"]},
+     [[(0, 0, 0), (1, 0, 0), (2, 0, 0)], [(0, 1, 1), (2, 1, 1)]]),
+    # 9 is the image's last pixel, and two SAME convolution outputs; 12 the convolutions' first.
+    (lambda toy: {"image": basics.TOY, "valid": toy["conv_valid"], "same": toy["conv_same"]},
+     [[(0, 2, 2), (2, 0, 2), (2, 2, 2)], [(1, 0, 0), (2, 0, 0)]]),
+], ids=["pool", "conv"])
+def test_toy_figure_panels_share_one_colour_scale(tmp_path, panels, cells):
+    fig = basics._grid_figure(panels(basics.toy_examples()), tmp_path / "toy.png")
+    pixels = png(tmp_path / "toy.png", 660, 260)
+    shades = [{colour_at(pixels, fig.axes[panel], row, col) for panel, row, col in same} for same in cells]
+    assert all(len(shade) == 1 for shade in shades), shades  # one value, one shade, in every panel
+    assert len(set.union(*shades)) == len(cells)  # and different values, different shades
 
 
 def event_tags(directory: Path) -> set:
@@ -53,7 +90,7 @@ def event_tags(directory: Path) -> set:
 def test_a_run_writes_curves_and_tensorboard_summaries(tmp_path):
     training.train_and_evaluate(make_config(tmp_path, epochs=2, summaries=True, summary_every_n_steps=3),
                                 tmp_path / "run")  # 3 divides no epoch end: epoch summaries still come
-    assert png_shape(tmp_path / "run" / "learning_curves.png")[:2] == (380, 1000)
+    png(tmp_path / "run" / "learning_curves.png", 1000, 380)
     tags = event_tags(tmp_path / "run" / "tensorboard")
     assert {"train/loss", "train/grad_norm", "train/learning_rate", "epoch/loss", "epoch/accuracy",
             "epoch/test_loss", "epoch/test_accuracy", "epoch/lr", "train_inputs",
@@ -74,7 +111,7 @@ def test_learning_curves_are_redrawn_at_most_every_n_minutes_and_at_the_end(tmp_
     training.train_and_evaluate(make_config(tmp_path, epochs=3, summaries=False, plot_every_n_minutes=minutes),
                                 tmp_path / "run")
     assert epochs_drawn == drawn
-    assert png_shape(tmp_path / "run" / "learning_curves.png")[:2] == (380, 1000)
+    png(tmp_path / "run" / "learning_curves.png", 1000, 380)
 
 
 @pytest.fixture(scope="module")
@@ -85,21 +122,43 @@ def trained(tmp_path_factory):
 
 
 def test_evaluation_plots(trained, tmp_path):
-    results = training.evaluate_checkpoint(make_config(trained, mode="eval"), tmp_path)
+    results = evaluation.evaluate_checkpoint(make_config(trained, mode="eval"), tmp_path)
     matrix = np.loadtxt(tmp_path / "confusion_matrix.csv", delimiter=",", dtype=np.int64)
     assert matrix.shape == (10, 10) and matrix.sum() == 500  # the sample's test set
     assert np.trace(matrix) / 500 == pytest.approx(results["test_accuracy"], abs=1e-6)
     assert results["per_class_accuracy"]["3"] == pytest.approx(matrix[3, 3] / matrix[3].sum())
-    for name in ("confusion_matrix", "per_class_accuracy", "misclassified"):
-        assert len(png_shape(tmp_path / f"{name}.png")) == 3, name
+    png(tmp_path / "confusion_matrix.png", 700, 680)
+    png(tmp_path / "per_class_accuracy.png", 650, 350)
+    wrong = min(32, 500 - np.trace(matrix))  # shown 8 to a row, 180 pixels each
+    png(tmp_path / "misclassified.png", 1280, 180 * -(-wrong // 8))
 
 
-def test_feature_maps_of_a_checkpoint(trained, tmp_path):
-    visualize.main(["--checkpoint", str(trained / "ckpt"), "--data-dir", str(SAMPLE), "--index", "3",
-                    "--out", str(tmp_path)])
-    written = sorted(p.name for p in tmp_path.glob("0*.png"))
-    assert len(written) == 6 and [name[3:7] for name in written] == ["conv", "max_", "conv", "max_", "conv", "max_"]
-    assert (tmp_path / "input.png").exists()
+def test_feature_maps_of_a_checkpoint_go_next_to_it(trained, tmp_path):
+    shutil.copytree(trained / "ckpt", tmp_path / "ckpt")
+    visualize.main(["--checkpoint", str(tmp_path / "ckpt"), "--data-dir", str(SAMPLE), "--index", "3"])
+    out = tmp_path / "ckpt" / "feature_maps"
+    written = sorted(p.name for p in out.glob("0*.png"))
+    assert [name[3:7] for name in written] == ["conv", "max_", "conv", "max_", "conv", "max_"]
+    png(next(out.glob("01_*.png")), 1440, 230)  # 32 channels, 16 to a row
+    png(out / "input.png", 160, 180)
+
+
+def test_feature_maps_without_a_checkpoint_need_out(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        visualize.main(["--data-dir", str(SAMPLE)])
+    assert exit_info.value.code == 2 and "--out is required without --checkpoint" in capsys.readouterr().err
+
+
+def test_a_restored_model_has_the_trained_weights(trained):
+    """Its accuracy is the one training reported; a fresh model's maps differ from its maps."""
+    restored, data = visualize.load_model(str(trained / "ckpt"), "unused", "unused", str(SAMPLE))
+    fresh, _ = visualize.load_model(None, "book_cnn", "mnist", str(SAMPLE))
+    images = data.x_test.astype("float32") / 255.0
+    accuracy = np.mean(np.argmax(restored(images, training=False), axis=-1) == data.y_test)
+    reported = json.loads((trained / "run" / "results.json").read_text())["test_accuracy"]
+    assert accuracy == pytest.approx(reported, abs=0.005) and accuracy > 0.5
+    first_maps = [visualize.layer_outputs(model, images[3])[0][1] for model in (restored, fresh)]
+    assert not np.allclose(*first_maps, atol=1e-3)
 
 
 def test_layer_outputs_shapes_of_a_fresh_model():

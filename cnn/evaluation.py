@@ -1,0 +1,62 @@
+"""mode=eval: a checkpoint evaluated on the test set, with its confusion matrix,
+per-class accuracy and misclassified images. Reads checkpoint directories, never
+changes them."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from cnn import data as data_lib
+from cnn import history, plots, run
+from cnn.checkpoint import check_identity, restore_latest
+from cnn.config import Config
+from cnn.errors import CheckpointError
+from cnn.steps import make_evaluate
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_checkpoint(config: Config, workdir: str | Path) -> dict:
+    """Restores the run's latest checkpoint (or `resume=<path>`), evaluates it on the test set
+    and writes results.json and the evaluation plots into `workdir`."""
+    workdir = Path(workdir)
+    data = data_lib.load(config.dataset.name, config.dataset.data_dir, config.dataset.download)
+    directory, ident = run.checkpoint_dir_and_identity(config, data)
+    run.setup(config)
+    state = run.create_state(config, data)
+    if config.resume not in ("auto", "never"):
+        path = run.restore_given(state, config.resume, ident)
+    else:
+        check_identity(directory, ident)
+        path = restore_latest(state.checkpoint, directory, repair=False) if directory.is_dir() else None
+    if path is None:
+        raise CheckpointError(f"mode=eval: no checkpoint in {directory}; train first "
+                              "(same settings, mode=train) or pass resume=<checkpoint path>")
+    test_ds = data_lib.test_dataset(data.x_test, data.y_test)
+    evaluation, predictions = make_evaluate(state.model, test_ds.element_spec)(test_ds)
+    workdir.mkdir(parents=True, exist_ok=True)
+    results = {"status": "evaluated", "checkpoint": path, "steps": int(state.step.numpy()), **evaluation,
+               **evaluation_plots(data, predictions, workdir)}
+    log.info("%s (step %d): test loss %.4f, test accuracy %.4f; plots in %s", path, results["steps"],
+             results["test_loss"], results["test_accuracy"], workdir)
+    history.write_json(workdir / "results.json", results)
+    return results
+
+
+def evaluation_plots(data: data_lib.Data, predictions: np.ndarray, workdir: Path) -> dict:
+    """confusion_matrix.{png,csv}, per_class_accuracy.png and misclassified.png in `workdir`;
+    returns the per-class accuracy."""
+    matrix = plots.confusion_matrix(data.y_test, predictions, data.num_classes)
+    np.savetxt(workdir / "confusion_matrix.csv", matrix, fmt="%d", delimiter=",",
+               header=",".join(data.class_names))
+    plots.plot_confusion_matrix(matrix, data.class_names, workdir / "confusion_matrix.png")
+    plots.plot_per_class_accuracy(matrix, data.class_names, workdir / "per_class_accuracy.png")
+    wrong = np.flatnonzero(predictions != data.y_test)[:32]
+    titles = [f"#{i} {data.class_names[predictions[i]]}\n(true {data.class_names[data.y_test[i]]})"
+              for i in wrong]
+    plots.image_grid(data.x_test[wrong], titles, workdir / "misclassified.png")
+    per_class = np.diag(matrix) / np.maximum(matrix.sum(axis=1), 1)
+    return {"per_class_accuracy": dict(zip(data.class_names, per_class.tolist()))}

@@ -1,0 +1,139 @@
+"""What a run reports: the epoch's log line, TensorBoard summaries, learning curves and
+results.json (metrics.csv rows are written by `cnn.history`)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from cnn import history
+from cnn.config import Config
+from cnn.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a run's metrics.csv, or one clear error when it is damaged."""
+    try:
+        return history.read_rows(path)
+    except ValueError as e:
+        raise CheckpointError(f"{e}; repair or delete it (the checkpoints do not depend on it)") from None
+
+
+def log_epoch(config: Config, row: dict, evaluation: dict, timings: dict) -> None:
+    members = evaluation.get("member_test_accuracy")
+    log.info("epoch %d/%d  loss %.4f  accuracy %.4f  test loss %.4f  test accuracy %.4f  %.1f s  "
+             "%.0f images/s  (evaluation %.2f s, checkpoint %.2f s)%s", row["epoch"], config.epochs,
+             row["loss"], row["accuracy"], row["test_loss"], row["test_accuracy"], row["seconds"],
+             row["images_per_sec"], timings["evaluation"], timings["checkpoint"],
+             "  members " + " ".join(f"{a:.4f}" for a in members) if members else "")
+
+
+# --- TensorBoard ---------------------------------------------------------------------
+
+def summaries_enabled(config: Config) -> bool:
+    """`summaries`, where null means: when TensorBoard (which tf.summary needs) is installed."""
+    installed = importlib.util.find_spec("tensorboard") is not None
+    if config.summaries and not installed:
+        raise ConfigError("summaries=true needs TensorBoard: pip install -e \".[tensorboard]\" "
+                          "(or pass summaries=false)")
+    return installed if config.summaries is None else config.summaries
+
+
+@contextlib.contextmanager
+def summary_writer(config: Config, workdir: Path, step: tf.Variable) -> Iterator[bool]:
+    """The run's default tf.summary writer (workdir/tensorboard), recording training scalars
+    every `summary_every_n_steps` steps; yields whether summaries are written at all."""
+    enabled = summaries_enabled(config)
+    writer = (tf.summary.create_file_writer(str(workdir / "tensorboard")) if enabled
+              else tf.summary.create_noop_writer())
+    try:
+        with writer.as_default(), tf.summary.record_if(lambda: step % config.summary_every_n_steps == 0):
+            yield enabled
+    finally:
+        writer.close()
+
+
+def write_train_inputs(images, step: int) -> None:
+    """Up to 8 images as the network is fed them (normalized, augmented)."""
+    with tf.summary.record_if(True):
+        tf.summary.image("train_inputs", images[:8], step=step, max_outputs=8)
+
+
+def write_epoch_summaries(row: dict, test_images, predictions, labels, class_names, step: int) -> None:
+    """Per-epoch scalars and up to 8 misclassified test images for TensorBoard."""
+    with tf.summary.record_if(True):  # every epoch, whatever summary_every_n_steps says
+        for key in ("loss", "accuracy", "test_loss", "test_accuracy", "lr"):
+            tf.summary.scalar(f"epoch/{key}", row[key], step=step)
+        wrong = np.flatnonzero(predictions != labels)[:8]
+        if len(wrong):
+            tf.summary.image("misclassified_test_images", test_images[wrong], step=step, max_outputs=8,
+                             description="; ".join(f"test image {i}: predicted {class_names[predictions[i]]}, "
+                                                   f"true {class_names[labels[i]]}" for i in wrong))
+
+
+def curves_due(now: float, drawn_at: float, every_n_minutes: float, last_epoch: bool) -> bool:
+    """Whether an epoch end redraws learning_curves.png: after the last epoch, and otherwise
+    once `every_n_minutes` have passed since the last drawing (-inf: never drawn)."""
+    return last_epoch or now - drawn_at >= 60 * every_n_minutes
+
+
+# --- results.json ----------------------------------------------------------------------
+
+def rss_mb() -> Optional[float]:
+    """This process's resident memory in MB: now, from /proc (Linux); elsewhere its peak
+    (getrusage, macOS); None where neither exists (Windows)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KB elsewhere
+
+
+def results(rows: list[dict], evaluation: dict, step: int, directory: Path, checkpoint: Optional[str],
+            status: str, first_step_seconds: Optional[float]) -> dict:
+    """results.json of a training invocation."""
+    rates = [r["images_per_sec"] for r in rows if r["images_per_sec"] > 0]
+    return {
+        "status": status,  # how this invocation began: started, resumed (or skipped, when finished)
+        **evaluation,  # test_accuracy, test_loss (and member_test_accuracy)
+        "epochs": rows[-1]["epoch"] if rows else 0,
+        "steps": step,
+        "train_images_per_sec": sum(rates) / len(rates) if rates else 0.0,
+        "run_name": directory.name,
+        "checkpoint": checkpoint,
+        "checkpoint_dir": str(directory),
+        "first_step_seconds": first_step_seconds,  # from `started` to the first steps' end; None: none run
+        "rss_mb": rss_mb(),
+        "pid": os.getpid(),
+    }
+
+
+def write_results(results_: dict, *directories: Path) -> None:
+    for directory in directories:
+        history.write_json(directory / "results.json", results_)
+
+
+def report_skipped(finished: dict, directory: Path, workdir: Path) -> dict:
+    """A finished run rerun (e.g. a rerun sweep): its history and results, copied into `workdir`."""
+    log.info("finished earlier (%d epochs, test accuracy %.4f): skipped; its results are in %s",
+             finished["epochs"], finished["test_accuracy"], directory)
+    history.write_rows(workdir / "metrics.csv", read_rows(directory / "metrics.csv"))
+    skipped = {**finished, "status": "skipped"}
+    write_results(skipped, workdir)
+    return skipped

@@ -1,0 +1,46 @@
+"""`TrainState`: everything a run needs to continue exactly where it stopped, in one
+checkpointable object."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+class TrainState:
+    """Everything a run needs to continue exactly where it stopped.
+
+    Attributes:
+      model, optimizer: the Keras model and its (built) optimizer.
+      step: int64 count of training steps taken.
+      nonfinite_step: first step whose loss was NaN/Inf, or -1 (never saved).
+      loss, accuracy: the running epoch's Keras metrics.
+      checkpoint: the tf.train.Checkpoint over all of the above.
+    """
+
+    def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer):
+        self.model, self.optimizer = model, optimizer
+        # Keras 3 optimizers create slots lazily; build now so a restore fills them.
+        optimizer.build(model.trainable_variables)
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.nonfinite_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
+        self.loss = keras.metrics.Mean(name="loss")
+        self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        weights = {id(w) for w in model.weights}
+        self.checkpoint = tf.train.Checkpoint(
+            model=model, optimizer=optimizer, step=self.step,
+            # Dropout's SeedGenerator states: in model.variables, not model.weights,
+            # and not saved with the model.
+            rng=[v for v in model.variables if id(v) not in weights],
+            metrics=[v for m in (self.loss, self.accuracy) for v in m.variables],
+        )
+        # Weights must be reachable from the model itself (the optimizer also references the
+        # trainable ones, which hides a gap until BatchNorm statistics go missing).
+        tracked = {id(t) for t in tf.train.TrackableView(model).descendants()}
+        missing = [v.path for v in model.weights if id(v) not in tracked]
+        if missing:  # e.g. models kept in a list: Keras sees them, tf.train.Checkpoint does not
+            raise ValueError(f"model variables a checkpoint would not save: {', '.join(missing[:5])}")
+
+    def reset_metrics(self) -> None:
+        self.loss.reset_state()
+        self.accuracy.reset_state()

@@ -1,0 +1,123 @@
+"""The book's functions and the compiled loops built from them.
+
+`loss_fn`, `grad` and `train_step` are small functions of (model, optimizer,
+batch), as the chapter writes them: `train_step` is the one per-batch update
+(it changes the model and the optimizer), so it can be wrapped, run several
+times per compiled call (`make_train_loop`), or under a distribution strategy.
+`make_evaluate` compiles the chapter's `evaluate` over a whole dataset.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from cnn.models import Ensemble
+
+
+def loss_fn(model, images, labels, training=False):
+    """Mean softmax cross-entropy on the model's logits. Returns (loss, logits).
+
+    An ensemble's logits are (members, B, classes): its loss is the sum of its
+    members' losses, so that each member learns as if alone.
+    """
+    logits = tf.cast(model(images, training=training), tf.float32)  # ([members,] B, classes)
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.broadcast_to(labels, tf.shape(logits)[:-1]), logits=logits)
+    return tf.reduce_sum(tf.reduce_mean(losses, axis=-1)), logits
+
+
+def predict(logits):
+    """Class scores from `loss_fn`'s logits: an ensemble sums its members'."""
+    return tf.reduce_sum(logits, axis=0) if logits.shape.rank == 3 else logits
+
+
+def grad(model, images, labels, optimizer=None):
+    """Loss, logits and the gradients of the loss for the trainable variables.
+
+    With an `optimizer`, the loss is differentiated through `optimizer.scale_loss`:
+    a no-op but for float16's LossScaleOptimizer, whose apply_gradients unscales.
+    """
+    with tf.GradientTape() as tape:
+        loss, logits = loss_fn(model, images, labels, training=True)
+        scaled = optimizer.scale_loss(loss) if optimizer is not None else loss
+    return loss, logits, tape.gradient(scaled, model.trainable_variables)
+
+
+def train_step(model, optimizer, batch):
+    """One optimizer update on `batch` = (images, labels). Returns (loss, logits, grads)."""
+    images, labels = batch
+    loss, logits, grads = grad(model, images, labels, optimizer)
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    return loss, logits, grads
+
+
+def make_train_loop(state, element_spec, summaries: bool = False) -> Callable:
+    """Compiles `loop(iterator, num_steps)`: `num_steps` training steps of `state` (a
+    cnn.state.TrainState) in one call.
+
+    A `tf.range` loop inside one `tf.function`, as TF Model Garden's Orbit does, so
+    the host pays one call per `steps_per_loop` steps. Each step also updates the
+    epoch metrics and the step counter; with `summaries`, it writes loss, gradient norm
+    and learning rate to the default tf.summary writer when its record_if holds. The
+    signature is fixed (free batch size, tensor step count), so nothing retraces:
+    one trace per run.
+    """
+    def step(batch):
+        loss, logits, grads = train_step(state.model, state.optimizer, batch)
+        labels = batch[1]
+        if summaries:  # decided at trace time: tf.summary needs TensorBoard installed
+            with tf.name_scope("train/"):  # absolute: no "while/" prefix from the loop
+                tf.summary.scalar("loss", loss, step=state.step)
+                tf.summary.scalar("grad_norm", tf.linalg.global_norm(grads), step=state.step)
+                tf.summary.scalar("learning_rate", state.optimizer.learning_rate, step=state.step)
+        state.loss.update_state(loss, sample_weight=tf.cast(tf.shape(labels)[0], tf.float32))
+        state.accuracy.update_state(labels, predict(logits))
+        state.step.assign_add(1)
+        # Remember the first step whose loss was not finite; read at save points only.
+        first_bad = tf.logical_and(tf.logical_not(tf.math.is_finite(loss)), state.nonfinite_step < 0)
+        state.nonfinite_step.assign(tf.where(first_bad, state.step, state.nonfinite_step))
+
+    @tf.function(input_signature=[tf.data.IteratorSpec(element_spec), tf.TensorSpec([], tf.int32)])
+    def loop(iterator, num_steps):
+        for _ in tf.range(num_steps):
+            step(next(iterator))
+
+    return loop
+
+
+def make_evaluate(model, element_spec) -> Callable:
+    """Returns `evaluate(dataset)` over a whole dataset, compiled once.
+
+    `evaluate` returns (metrics, predicted classes): metrics are {"test_loss",
+    "test_accuracy"}, and for an ensemble also "member_test_accuracy", one per member.
+    """
+    members = len(model.members) if isinstance(model, Ensemble) else 0
+    loss_metric = keras.metrics.Mean()
+    accuracy = keras.metrics.SparseCategoricalAccuracy()
+    member_accuracy = [keras.metrics.SparseCategoricalAccuracy() for _ in range(members)]
+    all_metrics = [loss_metric, accuracy, *member_accuracy]
+
+    @tf.function(input_signature=[element_spec])
+    def eval_step(batch):
+        images, labels = batch
+        loss, logits = loss_fn(model, images, labels, training=False)
+        loss_metric.update_state(loss, sample_weight=tf.cast(tf.shape(labels)[0], tf.float32))
+        accuracy.update_state(labels, predict(logits))
+        for i, metric in enumerate(member_accuracy):
+            metric.update_state(labels, logits[i])
+        return tf.argmax(predict(logits), axis=-1, output_type=tf.int32)
+
+    def evaluate(dataset) -> tuple[dict, np.ndarray]:
+        for metric in all_metrics:
+            metric.reset_state()
+        predictions = [eval_step(batch) for batch in dataset]
+        results = {"test_loss": float(loss_metric.result()), "test_accuracy": float(accuracy.result())}
+        if members:
+            results["member_test_accuracy"] = [float(m.result()) for m in member_accuracy]
+        return results, np.concatenate([p.numpy() for p in predictions])
+
+    return evaluate

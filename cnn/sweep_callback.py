@@ -1,0 +1,39 @@
+"""The Hydra callback that writes the sweep report (cnn/report.py) at the end of a multirun.
+
+Kept apart so that cnn.report, and `python -m cnn.report`, never import Hydra.
+Named in conf/config.yaml under hydra.callbacks.report.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+
+from cnn.report import collect, write_report
+
+log = logging.getLogger("cnn.report")
+
+
+class SweepReport(Callback):
+    """The report at the end of a multirun, and a failing exit if a job failed."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            jobs = write_report(sweep_dir)
+        except Exception:  # noqa: BLE001  (the sweep's exit status must still tell of failed jobs)
+            log.exception("could not write the sweep report")
+            jobs = collect(sweep_dir)
+        counts = {}
+        for job in jobs:
+            counts[job["results"].get("status")] = counts.get(job["results"].get("status"), 0) + 1
+        log.info("sweep of %d jobs: %s; report in %s", len(jobs),
+                 ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=str)), sweep_dir / "report.md")
+        failed = [job["job"] for job in jobs if job["results"].get("status") in ("failed", "unfinished", None)]
+        if failed:  # SystemExit: Hydra turns exceptions in callbacks into warnings
+            log.error("%d of %d jobs failed (jobs %s); see %s", len(failed), len(jobs), ", ".join(failed),
+                      sweep_dir / "report.md")
+            sys.exit(1)

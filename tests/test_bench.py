@@ -1,0 +1,31 @@
+"""The benchmark end to end on tiny sizes: every table filled from the loop's own calls."""
+
+import re
+
+import keras
+import pytest
+from conftest import SAMPLE
+
+from cnn import bench
+
+
+@pytest.mark.slow
+def test_the_benchmark_runs_on_tiny_sizes(tmp_path, capsys):
+    out = tmp_path / "bench.md"
+    try:
+        bench.main(["--dataset", "mnist", "--data-dir", str(SAMPLE), "--steps", "3", "--repeats", "1",
+                    "--batch-size", "50", "--steps-per-loop", "3", "--out", str(out)])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    report = out.read_text()
+    assert re.search(r"Matmul peak measured in the same run: float32 \d+ GFLOP/s, mixed_bfloat16 \d+", report)
+    for what in ("Keras `Model.fit` | float32", "our loop, steps_per_loop=3 | float32",
+                 "our loop, steps_per_loop=3 | mixed_bfloat16", "keras.layers.BatchNormalization` | float32"):
+        row = next(line for line in report.splitlines() if what in line)
+        assert float(row.split("|")[3].replace(",", "")) > 0, row
+    for duty in ("evaluation", "checkpoint", "logging", "learning_curves.png", "all"):
+        row = next(line for line in report.splitlines() if line.startswith(f"| {duty} |"))
+        assert float(row.split("|")[2]) > 0, row
+    first = re.search(r"done (\d+\.\d) s after the process started", report)
+    assert first and float(first.group(1)) > 0
+    assert report in capsys.readouterr().out

@@ -1,0 +1,58 @@
+"""What a run reports: TensorBoard summaries at their cadence, results.json fields, portability."""
+
+import builtins
+import sys
+from pathlib import Path
+
+import tensorflow as tf
+from test_training import make_config
+
+from cnn import reporting, training
+
+
+def scalar_steps(directory: Path, tag: str) -> list[int]:
+    steps = []
+    for path in directory.glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            steps += [event.step for value in event.summary.value if value.tag == tag]
+    return sorted(steps)
+
+
+def test_training_scalars_come_every_n_steps_and_epoch_ones_every_epoch(tmp_path):
+    training.train_and_evaluate(make_config(tmp_path, epochs=2, summaries=True, summary_every_n_steps=3),
+                                tmp_path / "run")  # 20 steps an epoch
+    tensorboard = tmp_path / "run" / "tensorboard"
+    # A step's scalars carry the step count before its update: 0, 3, ..., 39 of 40 steps.
+    assert scalar_steps(tensorboard, "train/loss") == list(range(0, 40, 3))
+    assert scalar_steps(tensorboard, "epoch/test_accuracy") == [20, 40]
+
+
+def test_misclassified_descriptions_are_not_markdown_headings(tmp_path):
+    import numpy as np
+
+    writer = tf.summary.create_file_writer(str(tmp_path))
+    with writer.as_default():
+        reporting.write_epoch_summaries(dict.fromkeys(("loss", "accuracy", "test_loss", "test_accuracy", "lr"), 0.5),
+                                        np.zeros((3, 4, 4, 1), np.uint8), np.array([1, 0, 2]), np.array([1, 1, 1]),
+                                        ("a", "b", "c"), step=1)
+    writer.close()
+    descriptions = [value.metadata.summary_description
+                    for path in tmp_path.glob("events.out.tfevents.*")
+                    for event in tf.compat.v1.train.summary_iterator(str(path)) for value in event.summary.value
+                    if value.tag == "misclassified_test_images"]
+    assert descriptions == ["test image 1: predicted a, true b; test image 2: predicted c, true b"]
+
+
+def test_memory_is_reported_without_proc(monkeypatch):
+    real_open = builtins.open
+
+    def no_proc(path, *args, **kwargs):
+        if str(path).startswith("/proc"):
+            raise FileNotFoundError(path)  # as on macOS and Windows
+        return real_open(path, *args, **kwargs)
+
+    assert reporting.rss_mb() > 10
+    monkeypatch.setattr(builtins, "open", no_proc)
+    assert reporting.rss_mb() > 10  # the peak, from getrusage
+    monkeypatch.setitem(sys.modules, "resource", None)  # as on Windows
+    assert reporting.rss_mb() is None
