@@ -32,9 +32,11 @@ except ImportError:  # Windows
 
 
 def _differences(saved: dict, current: dict) -> list[str]:
-    keys = sorted(set(saved) | set(current))
-    return [f"{k}: {saved.get(k, '<absent>')!r} there, {current.get(k, '<absent>')!r} here"
-            for k in keys if saved.get(k, "<absent>") != current.get(k, "<absent>")]
+    """The identity keys whose values differ. Keys only the saved record has are not compared:
+    the current rules say which keys matter, and an older record may also list keys that cannot
+    change a run (model.size of a single model); a key that mattered comes with one that differs."""
+    return [f"{k}: {saved.get(k, '<absent>')!r} there, {current[k]!r} here"
+            for k in sorted(current) if saved.get(k, "<absent>") != current[k]]
 
 
 def check_identity(directory: Path, identity: dict) -> None:

@@ -146,3 +146,19 @@ def test_an_ensemble_of_bn_cnn_trains_and_evaluates_from_the_command_line(tmp_pa
     for name in ("confusion_matrix.png", "per_class_accuracy.png", "misclassified.png"):
         assert (tmp_path / "eval" / name).stat().st_size > 1000, name
     assert "test accuracy" in proc.stdout + proc.stderr + (tmp_path / "eval" / "train.log").read_text()
+
+
+def test_the_readmes_train_command_works_verbatim_and_prints_what_it_shows(tmp_path):
+    """The README's first command, as written, from a directory with the repository's tests/
+    (so nothing lands in the checkout); its epoch lines are the README's but for the timings."""
+    readme = (ROOT / "README.md").read_text()
+    setup = readme.split("## Set up and train", 1)[1].split("```", 2)[1]
+    (command,) = [line for line in setup.splitlines() if line.startswith("python train.py")]
+    (tmp_path / "tests").symlink_to(ROOT / "tests")
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *command.split()[2:]], cwd=tmp_path,
+                          env=env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    shown = readme.split("## Set up and train", 1)[1].split("```\n[...]", 1)[1].split("```", 1)[0]
+    untimed = lambda text: [line.split(" - ", 1)[1].rsplit("  ", 3)[0] for line in text.splitlines()
+                            if " - epoch " in line]
+    assert untimed(proc.stdout + proc.stderr) == untimed("[...]" + shown) != []

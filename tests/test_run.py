@@ -100,3 +100,15 @@ def test_jobs_in_one_process_get_no_false_retracing_warning(tmp_path, caplog, mo
             for f in ours:
                 tf_logger.addFilter(f)
         assert "triggered tf.function retracing" in caplog.text  # what the filter hides
+
+
+def test_a_record_listing_keys_that_cannot_change_the_run_is_still_this_run(tmp_path):
+    """run.json written when model.size of a single model still entered the identity."""
+    training.train_and_evaluate(make_config(tmp_path), tmp_path / "run")
+    record = tmp_path / "ckpt" / "run.json"
+    saved = json.loads(record.read_text())
+    saved["identity"].update({"model.members": "book_cnn", "model.size": 5})
+    record.write_text(json.dumps(saved))
+    assert training.train_and_evaluate(make_config(tmp_path, epochs=2), tmp_path / "run2")["status"] == "resumed"
+    with pytest.raises(CheckpointError, match=r"different run \(lr: 0.001 there, 0.01 here\)"):
+        training.train_and_evaluate(make_config(tmp_path, epochs=2, lr=0.01), tmp_path / "run3")
