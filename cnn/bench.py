@@ -13,6 +13,7 @@ taken in turns so that a drift in the machine's speed affects every contender al
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -174,9 +175,9 @@ def prepare_torch(data, batch_size: int, steps: int):
     return run
 
 
-def round_robin(runs: list, repeats: int) -> list[float]:
-    """Median seconds of each `run`, timed in turns: repetition r of every run before
-    repetition r + 1 of any, so that a machine whose speed drifts (a shared one) slows
+def round_robin(runs: list, repeats: int) -> list[list[float]]:
+    """Seconds of every repetition of each `run`, timed in turns: repetition r of every run
+    before repetition r + 1 of any, so that a machine whose speed drifts (a shared one) slows
     or speeds them all alike. A run with `self_timed` returns its own seconds."""
     for run in runs:  # once more before timing: later setups cleared earlier ones' caches
         run()
@@ -186,7 +187,7 @@ def round_robin(runs: list, repeats: int) -> list[float]:
             start = time.perf_counter()
             own = run()
             spent.append(own if getattr(run, "self_timed", False) else time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
+    return times
 
 
 def batch_norm_contenders(dataset, data_dir, data, steps: int) -> list[tuple[str, str, object]]:
@@ -213,7 +214,7 @@ def prepare_epoch_end(config, data, tmp: str) -> dict:
     """The duties of an epoch's end, as runs for `round_robin`: the very calls the training
     loop makes (`cnn.training.Trainer`), on a run in `tmp` with 15 epochs of history.
     "logging" is metrics.csv, the TensorBoard summaries and the log line; "curves" one
-    drawing of learning_curves.png."""
+    drawing of learning_curves.png; "precise_bn" bn_cnn's batch-norm statistics recomputed."""
     import tensorflow as tf
 
     from cnn import history, reporting, training
@@ -233,10 +234,16 @@ def prepare_epoch_end(config, data, tmp: str) -> dict:
             trainer.summarize(predictions, 1)
         reporting.log_epoch(config, trainer.rows[-1], {}, {"evaluation": 1.0, "checkpoint": 1.0})
 
+    bn_config = dataclasses.replace(config, model=config_for(config.dataset.name, config.dataset.data_dir,
+                                                             model="bn_cnn").model)
+    run_lib.setup(bn_config)
+    bn_trainer = training.Trainer(bn_config, run_lib.create_state(bn_config, data), data, Path(tmp) / "bn",
+                                  Path(tmp) / "bn", summaries=False)
     return {"evaluation": trainer.evaluate,
             "checkpoint": lambda: trainer.save(next(saves)),
             "logging": log_epoch,
-            "curves": lambda: trainer.draw_curves(last_epoch=True)}
+            "curves": lambda: trainer.draw_curves(last_epoch=True),
+            "precise_bn": bn_trainer.recompute_statistics}
 
 
 def curve_drawings(epochs: int, epoch_seconds: float, every_n_minutes: float) -> int:
@@ -310,12 +317,15 @@ def measure(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         epoch_end = prepare_epoch_end(config(), data, tmp)
         everything = [fn for _, _, fn in contenders + bn_contenders] + list(epoch_end.values())
-        seconds = round_robin(everything, args.repeats)
+        turns = round_robin(everything, args.repeats)
     n, m = len(contenders), len(contenders) + len(bn_contenders)
+    seconds = [statistics.median(t) for t in turns]
+    best = [args.steps * args.batch_size / min(t) for t in turns[:m]]  # images/s of each one's best turn
     ips = [args.steps * args.batch_size / s for s in seconds[:m]]
     return {"data": data, "peaks": peaks, "flops": flops,
             "rows": [(what, p, i) for (what, p, _), i in zip(contenders, ips[:n])],
             "bn_rows": [(what, p, i) for (what, p, _), i in zip(bn_contenders, ips[n:])],
+            "best": dict(zip([(what, p) for what, p, _ in contenders + bn_contenders], best)),
             "overhead": dict(zip(epoch_end, seconds[m:])),
             "startup": startup_times(args.dataset, args.data_dir) if args.startup else None}
 
@@ -328,16 +338,17 @@ def speed_table(args, m: dict) -> list[str]:
              f"timed before any repetition r + 1; training step "
              f"{m['flops'] / 1e6:.1f} MFLOP per image. Matmul peak measured in the same run: "
              + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in m["peaks"].items()) + ".", "",
-             "| what | precision | images/s | GFLOP/s | share of matmul peak | vs fit float32 |",
-             "|---|---|---:|---:|---:|---:|"]
+             "| what | precision | images/s (median) | best turn | GFLOP/s | share of matmul peak | vs fit float32 |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for what, precision, speed in m["rows"]:
         gflops = speed * m["flops"] / 1e9
-        lines.append(f"| {what} | {precision} | {speed:,.0f} | {gflops:.0f} | "
+        lines.append(f"| {what} | {precision} | {speed:,.0f} | {m['best'][what, precision]:,.0f} | {gflops:.0f} | "
                      f"{gflops / m['peaks'][precision]:.0%} | {speed / fit_f32:.2f}x |")
     lines += ["", f"bn_cnn (the best model's network), batch {args.batch_size}, our loop, steps_per_loop=100, "
                   "timed in the same turns:", "",
-              "| batch normalization | precision | images/s |", "|---|---|---:|"]
-    return lines + [f"| {name} | {precision} | {i:,.0f} |" for name, precision, i in m["bn_rows"]]
+              "| batch normalization | precision | images/s (median) | best turn |", "|---|---|---:|---:|"]
+    return lines + [f"| {name} | {precision} | {i:,.0f} | {m['best'][name, precision]:,.0f} |"
+                    for name, precision, i in m["bn_rows"]]
 
 
 def overhead_table(args, m: dict) -> list[str]:
@@ -347,7 +358,7 @@ def overhead_table(args, m: dict) -> list[str]:
     epoch_seconds = len(m["data"].x_train) / default_ips
     drawings = curve_drawings(defaults.epochs, epoch_seconds, defaults.plot_every_n_minutes)
     overhead = dict(m["overhead"])
-    curves = overhead.pop("curves")
+    curves, recompute = overhead.pop("curves"), overhead.pop("precise_bn")
     overhead["learning_curves.png"] = curves * drawings / defaults.epochs
     lines = ["", f"Per-epoch overhead, float32, steps_per_loop={spl} (one epoch of training steps: "
                  f"{epoch_seconds:.1f} s at {default_ips:,.0f} images/s). Drawing learning_curves.png "
@@ -357,6 +368,11 @@ def overhead_table(args, m: dict) -> list[str]:
              "| work per epoch | seconds | share of the epoch's train-step time |", "|---|---:|---:|"]
     for what, seconds in [*overhead.items(), ("all", sum(overhead.values()))]:
         lines.append(f"| {what} | {seconds:.3f} | {seconds / epoch_seconds:.1%} |")
+    bn_ips = next(i for name, p, i in m["bn_rows"] if p == "float32" and "fused" in name)
+    bn_epoch = len(m["data"].x_train) / bn_ips
+    lines += ["", f"bn_cnn's precise batch-norm statistics (`precise_bn.batches={defaults.precise_bn.batches}`, "
+                  f"before every evaluation): {recompute:.3f} s, {recompute / bn_epoch:.1%} of a float32 "
+                  f"bn_cnn epoch's train-step time ({bn_epoch:.1f} s at {bn_ips:,.0f} images/s)."]
     if m["startup"]:
         lines += ["", f"`python train.py --help`: {m['startup']['help']:.2f} s. First training steps of "
                       f"`python train.py dataset={args.dataset} dataset.data_dir=... epochs=1` done "

@@ -41,6 +41,7 @@ class ModelConfig:
     dropout: float
     members: Optional[str] = None  # ensemble only: the registered model of each member
     size: Optional[int] = None  # ensemble only: the number of members
+    bn_momentum: Optional[float] = None  # models with batch norm: the moving averages' momentum
 
 
 @dataclass
@@ -50,6 +51,11 @@ class ScheduleConfig:
     decay_rate: float  # exponential
     staircase: bool  # exponential: decay in steps, not continuously
     alpha: float  # cosine: the final rate, as a fraction of lr
+
+
+@dataclass
+class PreciseBNConfig:
+    batches: int  # training batches averaged for batch-norm statistics before evaluating; 0: off
 
 
 @dataclass
@@ -78,6 +84,7 @@ class Config:
     summaries: Optional[bool]  # TensorBoard event files; null: when TensorBoard is installed
     summary_every_n_steps: int  # training scalars every N steps (epoch ones every epoch)
     plot_every_n_minutes: float  # learning_curves.png redrawn at most this often, and at the end
+    precise_bn: PreciseBNConfig
     checkpoint: CheckpointConfig
 
 
@@ -101,6 +108,10 @@ NOT_IDENTITY = (
     "dataset.data_dir",
     "dataset.download",
 )
+# Keys that change only the batch-norm statistics a checkpoint holds, never the weights (training
+# does not read the moving averages): another run's checkpoint, read for its weights (mode=eval,
+# resume=<path>), may differ in them.
+STATISTICS_ONLY = ("model.bn_momentum", "precise_bn.batches")
 # Schedule parameters each schedule reads; the others cannot change a run.
 SCHEDULE_KEYS = {"constant": (), "exponential": ("decay_steps", "decay_rate", "staircase"),
                  "cosine": ("decay_steps", "alpha")}
@@ -218,6 +229,9 @@ def validate(config: Config) -> None:
          f"plot_every_n_minutes={config.plot_every_n_minutes}: must be >= 0 (0: every epoch)"),
         (config.mode in MODES, f"mode={config.mode}: must be one of {', '.join(MODES)}"),
         (0 <= model.dropout < 1, f"model.dropout={model.dropout}: must be in [0, 1)"),
+        (model.bn_momentum is None or 0 <= model.bn_momentum < 1,
+         f"model.bn_momentum={model.bn_momentum}: must be in [0, 1)"),
+        (config.precise_bn.batches >= 0, f"precise_bn.batches={config.precise_bn.batches}: must be >= 0 (0: off)"),
         (config.checkpoint.keep >= 1, f"checkpoint.keep={config.checkpoint.keep}: must be >= 1"),
         (config.checkpoint.every_n_steps is None or config.checkpoint.every_n_steps >= 1,
          f"checkpoint.every_n_steps={config.checkpoint.every_n_steps}: must be >= 1 or null"),
@@ -265,6 +279,11 @@ def identity(config: Config) -> dict:
     """
     flat = _flatten(dataclasses.asdict(config))
     return {k: v for k, v in sorted(flat.items()) if v is not None and _matters(k, config)}
+
+
+def weights_identity(ident: dict) -> dict:
+    """The identity without the keys that change only batch-norm statistics."""
+    return {k: v for k, v in ident.items() if k not in STATISTICS_ONLY}
 
 
 def run_name(config: Config, data_fingerprint: Optional[str] = None) -> str:

@@ -365,6 +365,20 @@ def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epoc
     return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
+def statistics_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, batches: int):
+    """`batches` full training batches (fewer when the set is smaller), normalized and not
+    augmented, for recomputing batch-norm statistics: the same images every epoch and
+    every run of `seed`, drawn apart from the epochs' shuffles (which it leaves untouched)."""
+    import tensorflow as tf
+
+    batch_size = min(batch_size, len(x))
+    batches = min(batches, len(x) // batch_size)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 2**32 - 1]))  # no epoch uses this one
+    chosen = rng.permutation(len(x))[:batches * batch_size]  # shuffled: batches of mixed classes
+    ds = tf.data.Dataset.from_tensor_slices((x[chosen], y[chosen])).batch(batch_size)
+    return ds.map(_normalize, num_parallel_calls=tf.data.AUTOTUNE).cache().prefetch(tf.data.AUTOTUNE)
+
+
 def test_dataset(x: np.ndarray, y: np.ndarray, batch_size: int = EVAL_BATCH_SIZE):
     import tensorflow as tf
 

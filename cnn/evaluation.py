@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from cnn import data as data_lib
-from cnn import history, plots, run
+from cnn import history, plots, precise_bn, run
 from cnn.checkpoint import check_identity, restore_latest
-from cnn.config import Config
+from cnn.config import Config, weights_identity
 from cnn.errors import CheckpointError
 from cnn.steps import make_evaluate
 
@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 
 
 def evaluate_checkpoint(config: Config, workdir: str | Path) -> dict:
-    """Restores the run's latest checkpoint (or `resume=<path>`), evaluates it on the test set
-    and writes results.json and the evaluation plots into `workdir`."""
+    """Restores the run's latest checkpoint (or `resume=<path>`), recomputes its batch-norm
+    statistics (precise_bn), evaluates it on the test set and writes results.json and the
+    evaluation plots into `workdir`."""
     workdir = Path(workdir)
     data = data_lib.load(config.dataset.name, config.dataset.data_dir, config.dataset.download)
     directory, ident = run.checkpoint_dir_and_identity(config, data)
@@ -30,12 +31,16 @@ def evaluate_checkpoint(config: Config, workdir: str | Path) -> dict:
     if config.resume not in ("auto", "never"):
         path = run.restore_given(state, config.resume, ident)
     else:
-        check_identity(directory, ident)
+        check_identity(directory, weights_identity(ident))  # the statistics are recomputed or as saved
         path = restore_latest(state.checkpoint, directory, repair=False) if directory.is_dir() else None
     if path is None:
         raise CheckpointError(f"mode=eval: no checkpoint in {directory}; train first "
                               "(same settings, mode=train) or pass resume=<checkpoint path>")
     test_ds = data_lib.test_dataset(data.x_test, data.y_test)
+    statistics = precise_bn.create(state.model, config.precise_bn.batches, test_ds.element_spec)
+    if statistics:  # in memory only: also for checkpoints written before precise statistics existed
+        statistics.recompute(data_lib.statistics_dataset(data.x_train, data.y_train, config.batch_size,
+                                                         config.seed, config.precise_bn.batches))
     evaluation, predictions = make_evaluate(state.model, test_ds.element_spec)(test_ds)
     workdir.mkdir(parents=True, exist_ok=True)
     results = {"status": "evaluated", "checkpoint": path, "steps": int(state.step.numpy()), **evaluation,

@@ -132,21 +132,24 @@ class BatchNormalization(layers.BatchNormalization):
         return ops.cast(y if len(inputs.shape) == 4 else y[:, 0, 0, :], self.compute_dtype)
 
 
-def conv_bn_relu(filters):
+def conv_bn_relu(filters, momentum):
     return [layers.Conv2D(filters, 3, padding="same", use_bias=False),  # BN has the bias
-            BatchNormalization(), layers.ReLU()]
+            BatchNormalization(momentum=momentum), layers.ReLU()]
 
 
 @register("bn_cnn")
-def bn_cnn(input_shape, num_classes, dropout=0.4):
-    """The book's best network: Conv-BatchNorm-ReLU blocks, Dense-BatchNorm-ReLU, dropout."""
+def bn_cnn(input_shape, num_classes, dropout=0.4, bn_momentum=0.99):
+    """The book's best network: Conv-BatchNorm-ReLU blocks, Dense-BatchNorm-ReLU, dropout.
+
+    `bn_momentum`: the moving averages' momentum (Keras' 0.99 by default); the statistics
+    used in evaluation are recomputed before it anyway (cnn/precise_bn.py)."""
     return keras.Sequential([
         keras.Input(input_shape),
-        *conv_bn_relu(32), layers.MaxPool2D(padding="same"),     # (B, 14, 14, 32)
-        *conv_bn_relu(64), layers.MaxPool2D(padding="same"),     # (B, 7, 7, 64)
-        *conv_bn_relu(128), layers.MaxPool2D(padding="same"),    # (B, 4, 4, 128)
+        *conv_bn_relu(32, bn_momentum), layers.MaxPool2D(padding="same"),     # (B, 14, 14, 32)
+        *conv_bn_relu(64, bn_momentum), layers.MaxPool2D(padding="same"),     # (B, 7, 7, 64)
+        *conv_bn_relu(128, bn_momentum), layers.MaxPool2D(padding="same"),    # (B, 4, 4, 128)
         layers.Flatten(),
-        layers.Dense(256, use_bias=False), BatchNormalization(), layers.ReLU(),
+        layers.Dense(256, use_bias=False), BatchNormalization(momentum=bn_momentum), layers.ReLU(),
         layers.Dropout(dropout),
         logits_layer(num_classes),
     ], name="bn_cnn")
@@ -195,12 +198,14 @@ class Ensemble(keras.Model):
 
 
 @register("ensemble")
-def ensemble(input_shape, num_classes, members="book_cnn", size=5, dropout=0.4):
-    """`size` independently initialized copies of registered model `members`."""
+def ensemble(input_shape, num_classes, members="book_cnn", size=5, dropout=0.4, bn_momentum=None):
+    """`size` independently initialized copies of registered model `members`; `dropout` and
+    `bn_momentum` (when given) are the members' options."""
     if members == "ensemble" or members not in MODELS:
         raise ConfigError(f"model.members={members}: not an ensemble member; known: "
-                       f"{', '.join(sorted(set(MODELS) - {'ensemble'}))}")
-    nets = [create_model(members, input_shape, num_classes, dropout=dropout) for _ in range(size)]
+                          f"{', '.join(sorted(set(MODELS) - {'ensemble'}))}")
+    options = {"dropout": dropout, **({"bn_momentum": bn_momentum} if bn_momentum is not None else {})}
+    nets = [create_model(members, input_shape, num_classes, **options) for _ in range(size)]
     model = Ensemble(nets, name=f"ensemble_{members}_x{size}")
     model(ops.zeros((1, *input_shape)))
     return model

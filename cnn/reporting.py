@@ -31,10 +31,11 @@ def read_rows(path: Path) -> list[dict]:
 
 def log_epoch(config: Config, row: dict, evaluation: dict, timings: dict) -> None:
     members = evaluation.get("member_test_accuracy")
+    precise = f", precise BN {timings['precise_bn']:.2f} s" if "precise_bn" in timings else ""
     log.info("epoch %d/%d  loss %.4f  accuracy %.4f  test loss %.4f  test accuracy %.4f  %.1f s  "
-             "%.0f images/s  (evaluation %.2f s, checkpoint %.2f s)%s", row["epoch"], config.epochs,
+             "%.0f images/s  (evaluation %.2f s, checkpoint %.2f s%s)%s", row["epoch"], config.epochs,
              row["loss"], row["accuracy"], row["test_loss"], row["test_accuracy"], row["seconds"],
-             row["images_per_sec"], timings["evaluation"], timings["checkpoint"],
+             row["images_per_sec"], timings["evaluation"], timings["checkpoint"], precise,
              "  members " + " ".join(f"{a:.4f}" for a in members) if members else "")
 
 

@@ -20,7 +20,7 @@ from cnn import data as data_lib
 from cnn import history
 from cnn.checkpoint import (LOCK_FILE, DirectoryLock, check_identity, checkpoint_paths,
                             move_aside_contents, restore, restore_latest)
-from cnn.config import Config, identity, model_options, run_name
+from cnn.config import Config, identity, model_options, run_name, weights_identity
 from cnn.console import hide_per_run_retracing_warnings
 from cnn.errors import CheckpointError, ConfigError
 from cnn.models import create_model
@@ -148,8 +148,9 @@ def claimed(directory: Path) -> Iterator[None]:
 
 def restore_given(state: TrainState, resume: str, ident: dict) -> str:
     """Restores `resume`: a checkpoint prefix (<dir>/ckpt-600) or a directory (its latest).
-    The directory is another run's: it is read, never repaired."""
-    given = Path(resume).expanduser()
+    The directory is another run's: it is read, never repaired, and must match this run's
+    identity but for batch-norm statistics settings (it is read for its weights)."""
+    given, ident = Path(resume).expanduser(), weights_identity(ident)
     if given.is_dir():
         check_identity(given, ident)
         path = restore_latest(state.checkpoint, given, repair=False)

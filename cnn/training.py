@@ -4,8 +4,8 @@
 it when it has finished), build the state, restore or start, then `Trainer.fit`.
 Per epoch, `Trainer.train_epoch` calls the compiled loop (`cnn.steps`) in
 chunks, with mid-epoch checkpoints between chunks, and `Trainer.end_epoch`
-does the epoch's duties, one named call each: evaluate, record, save,
-summarize, draw, log. The benchmark times those same calls.
+does the epoch's duties, one named call each: recompute batch-norm statistics,
+evaluate, record, save, summarize, draw, log. The benchmark times those same calls.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from cnn import data as data_lib
-from cnn import history, plots, reporting, run
+from cnn import history, plots, precise_bn, reporting, run
 from cnn.checkpoint import make_manager, write_identity
 from cnn.config import Config
 from cnn.errors import TrainingError
@@ -124,6 +124,9 @@ class Trainer:
         self.manager = make_manager(state, directory, config.checkpoint.keep)
         self.test_ds = data_lib.test_dataset(data.x_test, data.y_test)
         self._evaluate = make_evaluate(state.model, self.test_ds.element_spec)
+        self.statistics = precise_bn.create(state.model, config.precise_bn.batches, self.test_ds.element_spec)
+        self.statistics_ds = data_lib.statistics_dataset(data.x_train, data.y_train, config.batch_size, config.seed,
+                                                         config.precise_bn.batches) if self.statistics else None
         self.loop = make_train_loop(state, self.test_ds.element_spec, summaries)
         self.cadence = Cadence(config.checkpoint.every_n_steps, config.checkpoint.every_n_minutes)
         done = self.step // self.steps_per_epoch  # rows of epochs past the checkpoint are dropped
@@ -155,6 +158,7 @@ class Trainer:
             evaluation = self.end_epoch(epoch, step, stats)
         if evaluation is None:  # already trained that far: report the checkpoint as it is
             log.info("already trained to epoch %d (step %d); evaluating only", step // spe, step)
+            self.recompute_statistics()
             evaluation, _ = self.evaluate()
             self.record()
             if self.rows:
@@ -202,8 +206,11 @@ class Trainer:
     # --- The epoch's end: one named call per duty ---------------------------------------
 
     def end_epoch(self, epoch: int, step: int, stats: EpochStats) -> dict:
-        """Evaluates, records, saves, summarizes, draws and logs; returns the evaluation."""
+        """Recomputes batch-norm statistics, evaluates, records, saves, summarizes, draws and
+        logs; returns the evaluation."""
         timings = {"train": stats.seconds}
+        if self.statistics:
+            _, timings["precise_bn"] = timed(self.recompute_statistics)
         (evaluation, predictions), timings["evaluation"] = timed(self.evaluate)
         row = {"epoch": epoch + 1, "step": step, "loss": float(self.state.loss.result()),
                "accuracy": float(self.state.accuracy.result()), "test_loss": evaluation["test_loss"],
@@ -219,6 +226,11 @@ class Trainer:
         _, timings["curves"] = timed(self.draw_curves, last_epoch)
         reporting.log_epoch(self.config, row, evaluation, timings)
         return evaluation
+
+    def recompute_statistics(self) -> None:
+        """Precise batch-norm statistics (cnn/precise_bn.py), when the model has batch norm."""
+        if self.statistics:
+            self.statistics.recompute(self.statistics_ds)
 
     def evaluate(self) -> tuple[dict, np.ndarray]:
         """Test-set metrics and the predicted class of every test image."""

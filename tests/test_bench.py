@@ -26,6 +26,8 @@ def test_the_benchmark_runs_on_tiny_sizes(tmp_path, capsys):
     for duty in ("evaluation", "checkpoint", "logging", "learning_curves.png", "all"):
         row = next(line for line in report.splitlines() if line.startswith(f"| {duty} |"))
         assert float(row.split("|")[2]) > 0, row
+    statistics = re.search(r"bn_cnn's precise batch-norm statistics .*: (\d+\.\d+) s, ", report)
+    assert statistics and float(statistics.group(1)) > 0
     first = re.search(r"done (\d+\.\d) s after the process started", report)
     assert first and float(first.group(1)) > 0
     assert report in capsys.readouterr().out
