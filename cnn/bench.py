@@ -352,7 +352,9 @@ def speed_table(args, m: dict) -> list[str]:
 
 
 def overhead_table(args, m: dict) -> list[str]:
-    defaults = config_for(args.dataset, args.data_dir)  # what `python train.py` runs
+    from cnn.config import compose
+
+    defaults = compose(f"dataset={args.dataset}")  # what `python train.py` runs
     spl = defaults.steps_per_loop if defaults.steps_per_loop in args.steps_per_loop else max(args.steps_per_loop)
     default_ips = next(i for what, p, i in m["rows"] if p == "float32" and what.endswith(f"steps_per_loop={spl}"))
     epoch_seconds = len(m["data"].x_train) / default_ips
