@@ -29,7 +29,7 @@ def import_tensorflow() -> None:
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)  # the absl lines are written straight to file descriptor 2
         try:
-            import tensorflow  # noqa: F401
+            import tensorflow  # noqa: F401  (imported for its side effect: loaded, quietly)
         except BaseException:
             os.dup2(saved, 2)
             captured.seek(0)

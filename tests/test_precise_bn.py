@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import SAMPLE
-from test_training import make_config, rows_without_timing, variables
+from test_training import make_config, variables
 
-from cnn import data, evaluation, history, precise_bn, run, training
+from cnn import checkpoint, data, evaluation, history, precise_bn, run, training
 
 
 def test_statistics_are_the_average_over_the_batches():
@@ -76,7 +76,22 @@ def test_precise_statistics_make_an_unconverged_model_usable_without_changing_tr
         make_config(tmp_path / "precise", "model=bn_cnn", "precise_bn.batches=50", "mode=eval", batch_size=50),
         tmp_path / "eval")
     assert evaluated["test_accuracy"] == precise["test_accuracy"]
-    assert any("moving_mean" in k for k in saved)
+    statistics = [k for k in saved if "moving_mean" in k or "moving_variance" in k]
+    assert len(statistics) == 8
+    moving_saved = variables(moving["checkpoint"])
+    for key in statistics:  # what was saved is the recomputation, not the moving averages
+        assert not np.allclose(saved[key], moving_saved[key], rtol=1e-3), key
+    config = make_config(tmp_path / "precise", "model=bn_cnn", batch_size=50)
+    sample = data.load("mnist", str(SAMPLE))
+    run.setup(config)
+    state = run.create_state(config, sample)
+    checkpoint.restore(state.checkpoint, moving["checkpoint"])  # the same weights, moving averages
+    ds = data.statistics_dataset(sample.x_train, sample.y_train, 50, 0, 50)
+    precise_bn.create(state.model, 50, ds.element_spec).recompute(ds)
+    recomputed = [v.numpy() for layer in precise_bn.batch_norm_layers(state.model)
+                  for v in (layer.moving_mean, layer.moving_variance)]
+    for key in statistics:  # bitwise: the same batches, the same weights, deterministic ops
+        assert any(np.array_equal(saved[key], value) for value in recomputed), key
     # mode=eval of a checkpoint with moving averages recomputes them, in memory only.
     before = sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "moving" / "ckpt").iterdir())
     rescued = evaluation.evaluate_checkpoint(

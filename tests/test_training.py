@@ -13,7 +13,7 @@ from conftest import SAMPLE
 
 from cnn import checkpoint, data, evaluation, history, run, steps, training
 from cnn.config import Config, compose, validate
-from cnn.errors import CheckpointError, ConfigError, TrainingError
+from cnn.errors import CheckpointError, TrainingError
 
 
 def make_config(tmp_path, *overrides: str, data_dir=SAMPLE, **fields) -> Config:

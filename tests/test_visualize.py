@@ -9,16 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import SAMPLE
+from test_training import make_config
 
 from cnn import basics, evaluation, plots, training, visualize
-from cnn.config import compose
-
-
-def make_config(tmp_path, **overrides):
-    """One epoch on the MNIST sample, checkpointing into tmp_path/ckpt, and `overrides` (key=value)."""
-    overrides = {"epochs": 1, "progress": False, "checkpoint.dir": tmp_path / "ckpt", **overrides}
-    return compose(f"dataset.data_dir={SAMPLE}", "dataset.download=false",
-                   *(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in overrides.items()))
 
 
 def png(path: Path, width: int, height: int) -> np.ndarray:
