@@ -30,7 +30,8 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    """Runs one job; returns the test accuracy, the objective for sweepers.
+    """Runs one job; returns its objective for sweepers: the selected checkpoint's validation
+    `monitor` (with dataset.validation_split=0, the test accuracy; mode=eval: the test accuracy).
 
     In a multirun a failing job records its error in results.json and returns NaN,
     so the other jobs still run; the sweep's report then names it and the sweep
@@ -50,7 +51,11 @@ def main(cfg: DictConfig) -> float:
             return evaluation.evaluate_checkpoint(config, workdir)["test_accuracy"]
         from cnn import training  # imports TensorFlow
 
-        return training.train_and_evaluate(config, workdir, started=started)["test_accuracy"]
+        results = training.train_and_evaluate(config, workdir, started=started)
+        if multirun and results.get("protocol") != "validation":
+            log.warning("dataset.validation_split=0: this job's objective is its test accuracy; a sweep "
+                        "that picks by it selects on the test set")
+        return results.get("objective", results["test_accuracy"])
     except Exception as e:  # noqa: BLE001  (a multirun goes on; a single run stops)
         if isinstance(e, CnnError):
             log.error("%s", e)

@@ -12,6 +12,7 @@ import datetime
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -24,6 +25,9 @@ log = logging.getLogger(__name__)
 
 IDENTITY_FILE = "run.json"
 LOCK_FILE = ".lock"
+BEST_DIR = "best"  # the best checkpoint by the validation monitor, out of the rotation's reach
+# Identity keys added after runs were recorded without them, with the value those runs had.
+RECORDED_WITHOUT = {"dataset.validation_split": 0.0}
 
 try:
     import fcntl
@@ -35,6 +39,7 @@ def _differences(saved: dict, current: dict) -> list[str]:
     """The identity keys whose values differ. Keys only the saved record has are not compared:
     the current rules say which keys matter, and an older record may also list keys that cannot
     change a run (model.size of a single model); a key that mattered comes with one that differs."""
+    saved = {**RECORDED_WITHOUT, **saved}
     return [f"{k}: {saved.get(k, '<absent>')!r} there, {current[k]!r} here"
             for k in sorted(current) if saved.get(k, "<absent>") != current[k]]
 
@@ -180,6 +185,44 @@ def write_identity(directory: Path, identity: dict, run_name: str) -> None:
     path = directory / IDENTITY_FILE
     if not path.exists():
         atomic_write(path, json.dumps({"run_name": run_name, "identity": identity}, indent=2) + "\n")
+
+
+def keep_best(directory: Path, step: int) -> Optional[str]:
+    """Makes `directory`/best hold the checkpoint of `step`, and only it; returns its prefix.
+
+    The files are hard links to (or, where links fail, copies of) the run's own `ckpt-<step>`,
+    so the rotation of the latest checkpoints never deletes the best one. Idempotent: a run
+    killed between its save and this call repairs it on resume. Returns None (with a
+    warning) when neither copy of the checkpoint exists.
+    """
+    best = directory / BEST_DIR
+    target = best / f"ckpt-{step}"
+    if not Path(str(target) + ".index").exists():
+        sources = sorted(directory.glob(f"ckpt-{step}.*"), key=lambda f: f.suffix == ".index")  # index last
+        if not any(f.suffix == ".index" for f in sources):
+            log.warning("the best checkpoint (step %d) is neither in %s nor in %s", step, directory, best)
+            return None
+        best.mkdir(exist_ok=True)
+        for source in sources:
+            tmp = best / (source.name + ".tmp")
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(source, tmp)
+            except OSError:  # a file system without hard links
+                shutil.copyfile(source, tmp)
+            os.replace(tmp, best / source.name)
+    for old in best.glob("ckpt-*"):
+        if not old.name.startswith(f"ckpt-{step}."):
+            old.unlink()
+    atomic_write(best / "checkpoint", f'model_checkpoint_path: "{target.name}"\n'
+                                      f'all_model_checkpoint_paths: "{target.name}"\n')
+    return str(target)
+
+
+def best_checkpoint(directory: Path) -> Optional[str]:
+    """The prefix of the run's best checkpoint (in `directory`/best), or None."""
+    paths = checkpoint_paths(directory / BEST_DIR)
+    return paths[-1] if paths else None
 
 
 def make_manager(state, directory: Path, keep: int) -> tf.train.CheckpointManager:

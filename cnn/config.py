@@ -33,6 +33,7 @@ class DatasetConfig:
     max_rotation: float  # with augment: degrees, either way
     max_shift: float  # with augment: pixels, each axis, either way
     flip: bool  # with augment: mirror half the images left to right
+    validation_split: float  # fraction of the training set held out (stratified, seed-free); 0: none
 
 
 @dataclass
@@ -59,11 +60,18 @@ class PreciseBNConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    patience: Optional[int]  # epochs without an improvement of `monitor` before stopping; null: off
+    min_delta: float  # the smallest change that counts as an improvement
+
+
+@dataclass
 class CheckpointConfig:
     dir: Optional[str]  # null: checkpoints/<run name>
-    keep: int  # checkpoints kept on disk
+    keep: int  # checkpoints kept on disk (the best one is kept apart, besides)
     every_n_steps: Optional[int]  # plus one at every epoch end
     every_n_minutes: Optional[float]
+    eval: Optional[str]  # mode=eval: best | latest; null: best when the run keeps one, else latest
 
 
 @dataclass
@@ -85,12 +93,16 @@ class Config:
     summary_every_n_steps: int  # training scalars every N steps (epoch ones every epoch)
     plot_every_n_minutes: float  # learning_curves.png redrawn at most this often, and at the end
     precise_bn: PreciseBNConfig
+    monitor: str  # val_accuracy | val_loss: selects the best checkpoint (and drives early stopping)
+    early_stopping: EarlyStoppingConfig
     checkpoint: CheckpointConfig
 
 
 MODES = ("train", "eval")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 SCHEDULES = ("constant", "exponential", "cosine")
+MONITORS = ("val_accuracy", "val_loss")
+EVAL_CHECKPOINTS = ("best", "latest")
 
 # Keys that do not change what a run computes: changing them continues the
 # same run (same checkpoint directory). Everything else is the run's identity.
@@ -105,6 +117,7 @@ NOT_IDENTITY = (
     "summary_every_n_steps",
     "plot_every_n_minutes",
     "checkpoint",
+    "early_stopping",  # decides when to stop, like `epochs`: the epochs it runs are the same
     "dataset.data_dir",
     "dataset.download",
 )
@@ -232,6 +245,19 @@ def validate(config: Config) -> None:
         (model.bn_momentum is None or 0 <= model.bn_momentum < 1,
          f"model.bn_momentum={model.bn_momentum}: must be in [0, 1)"),
         (config.precise_bn.batches >= 0, f"precise_bn.batches={config.precise_bn.batches}: must be >= 0 (0: off)"),
+        (0 <= config.dataset.validation_split < 1,
+         f"dataset.validation_split={config.dataset.validation_split}: must be in [0, 1) (0: no validation "
+         "set, the test set is evaluated every epoch)"),
+        (config.monitor in MONITORS, f"monitor={config.monitor}: must be one of {', '.join(MONITORS)}"),
+        (config.early_stopping.patience is None or config.early_stopping.patience >= 0,
+         f"early_stopping.patience={config.early_stopping.patience}: must be >= 0, or null (off)"),
+        (config.early_stopping.min_delta >= 0,
+         f"early_stopping.min_delta={config.early_stopping.min_delta}: must be >= 0"),
+        (config.early_stopping.patience is None or config.dataset.validation_split > 0,
+         "early_stopping.patience needs a validation set: set dataset.validation_split > 0 "
+         "(stopping on the test set would select on it)"),
+        (config.checkpoint.eval is None or config.checkpoint.eval in EVAL_CHECKPOINTS,
+         f"checkpoint.eval={config.checkpoint.eval}: must be best, latest or null"),
         (config.checkpoint.keep >= 1, f"checkpoint.keep={config.checkpoint.keep}: must be >= 1"),
         (config.checkpoint.every_n_steps is None or config.checkpoint.every_n_steps >= 1,
          f"checkpoint.every_n_steps={config.checkpoint.every_n_steps}: must be >= 1 or null"),
@@ -268,6 +294,8 @@ def _matters(key: str, config: Config) -> bool:
         return config.dataset.augment
     if key.startswith("schedule.") and key != "schedule.name":
         return key.split(".", 1)[1] in SCHEDULE_KEYS.get(config.schedule.name, ())
+    if key == "monitor":  # what selects the best checkpoint, when there is a validation set
+        return config.dataset.validation_split > 0
     return True
 
 

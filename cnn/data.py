@@ -47,13 +47,16 @@ CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_SHA256 = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
 
 EVAL_BATCH_SIZE = 1000
-
-
+VALIDATION_SEED = 20_000_000  # the split is a function of the data and the fraction only, never of `seed`
 
 
 @dataclass
 class Data:
-    """A dataset in memory: uint8 images (N, H, W, C) and int32 labels (N,)."""
+    """A dataset in memory: uint8 images (N, H, W, C) and int32 labels (N,).
+
+    x_val, y_val: the validation set held out of the training set by `split_validation`
+    (None before, or with a split of 0).
+    """
 
     name: str
     x_train: np.ndarray
@@ -61,6 +64,8 @@ class Data:
     x_test: np.ndarray
     y_test: np.ndarray
     class_names: tuple
+    x_val: Optional[np.ndarray] = None
+    y_val: Optional[np.ndarray] = None
 
     @property
     def image_shape(self) -> tuple:
@@ -290,6 +295,33 @@ def load(name: str, data_dir: Optional[str] = None, download: bool = True) -> Da
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"{name}: no data found (looked for {' or '.join(looked)}) and the download from "
                         f"{SOURCES[name]} failed ({reason}). Fix: {hint}") from None
+
+
+def split_validation(data: Data, fraction: float) -> Data:
+    """Holds `fraction` of each class's training images out as the validation set.
+
+    Stratified: each class gives round(fraction * its count) images, at least one and never
+    all. A function of the data and `fraction` only: every job of a sweep, whatever its
+    `seed`, validates on the same images and trains on the rest (in their original order).
+    Raises DataError when a class has fewer than two training images to share.
+    """
+    if fraction == 0:
+        return data
+    rng = np.random.default_rng(VALIDATION_SEED)
+    held_out = []
+    for label in range(data.num_classes):
+        members = np.flatnonzero(data.y_train == label)
+        if len(members) < 2:
+            raise DataError(
+                f"dataset.validation_split={fraction}: class {label} ('{data.class_names[label]}') has "
+                f"{len(members)} training image(s), too few for one to validate and one to train on. "
+                "Add images of it, or pass dataset.validation_split=0")
+        n_val = min(max(1, int(round(fraction * len(members)))), len(members) - 1)
+        held_out.append(rng.permutation(members)[:n_val])
+    val = np.sort(np.concatenate(held_out))
+    train = np.setdiff1d(np.arange(len(data.y_train)), val, assume_unique=True)
+    return Data(data.name, data.x_train[train], data.y_train[train], data.x_test, data.y_test,
+                data.class_names, data.x_train[val], data.y_train[val])
 
 
 # --- tf.data pipelines --------------------------------------------------------------

@@ -8,8 +8,9 @@ import json
 import os
 from pathlib import Path
 
-COLUMNS = ("epoch", "step", "loss", "accuracy", "test_loss", "test_accuracy", "lr",
-           "seconds", "images_per_sec")
+# Each epoch is evaluated on the validation set (val_*), or with none on the test set (test_*).
+COLUMNS = ("epoch", "step", "loss", "accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy",
+           "lr", "seconds", "images_per_sec")
 TIMING_COLUMNS = ("seconds", "images_per_sec")  # vary from run to run; the rest is exact
 
 
@@ -36,15 +37,17 @@ def read_rows(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     try:
-        return [{k: (int(v) if k in ("epoch", "step") else float(v)) for k, v in r.items() if k in COLUMNS}
-                for r in rows]
+        return [{k: (int(v) if k in ("epoch", "step") else float(v)) for k, v in r.items()
+                 if k in COLUMNS and v not in ("", None)} for r in rows]
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: malformed ({e})") from None
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    present = {k for row in rows for k in row}
+    writer = csv.DictWriter(buf, fieldnames=[c for c in COLUMNS if c in present or not rows],
+                            lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})

@@ -26,16 +26,18 @@ def _save(fig, path: Path) -> Path:
 
 
 def learning_curves(rows: Sequence[dict], path: Path) -> Path:
-    """Loss and train/test accuracy per epoch, from metrics.csv rows."""
+    """Loss and accuracy per epoch, on the training and the evaluated set (validation, or with
+    none the test set), from metrics.csv rows."""
     epochs = [r["epoch"] for r in rows]
+    split, label = ("val", "validation") if rows and "val_loss" in rows[0] else ("test", "test")
     # Written every epoch: fixed margins and legend places, cheaper to draw than "tight" and "best".
     fig = figure((10, 3.8), layout=None)
     fig.subplots_adjust(left=0.06, right=0.99, bottom=0.13, top=0.92, wspace=0.18)
     loss_ax, acc_ax = fig.subplots(1, 2)
     loss_ax.plot(epochs, [r["loss"] for r in rows], marker=".", label="train")
-    loss_ax.plot(epochs, [r["test_loss"] for r in rows], marker=".", label="test")
+    loss_ax.plot(epochs, [r[f"{split}_loss"] for r in rows], marker=".", label=label)
     acc_ax.plot(epochs, [r["accuracy"] for r in rows], marker=".", label="train")
-    acc_ax.plot(epochs, [r["test_accuracy"] for r in rows], marker=".", label="test")
+    acc_ax.plot(epochs, [r[f"{split}_accuracy"] for r in rows], marker=".", label=label)
     loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
     acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     for ax, where in ((loss_ax, "upper right"), (acc_ax, "lower right")):

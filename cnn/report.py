@@ -16,13 +16,16 @@ import io
 import math
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import yaml
 
 from cnn import history
 
-OBJECTIVE = "test_accuracy"
-METRICS = ("status", "test_accuracy", "test_loss", "epochs", "steps", "train_images_per_sec", "rss_mb", "error")
+# Jobs rank by their `objective`: the validation `monitor` of their selected checkpoint (the test
+# metrics stand beside it and never rank); jobs without a validation set rank by test accuracy.
+METRICS = ("status", "objective", "val_accuracy", "val_loss", "test_accuracy", "test_loss", "selected_epoch",
+           "epochs", "steps", "train_images_per_sec", "rss_mb", "error")
 
 
 def _number(text: str):
@@ -59,16 +62,34 @@ def swept_keys(jobs: list[dict]) -> list[str]:
     return [k for k in keys if len({repr(job["overrides"].get(k)) for job in jobs}) > 1]
 
 
+def objective_name(jobs: list[dict]) -> str:
+    """What the jobs' objective is: their monitor (e.g. val_accuracy), or "objective" when they differ."""
+    names = {job["results"].get("monitor", "test_accuracy") for job in jobs
+             if job["results"].get("status") not in ("failed", "unfinished", "interrupted")}
+    return names.pop() if len(names) == 1 else "objective"
+
+
+def _value(job: dict) -> float:
+    """The job's objective as written (results from before the validation split: test accuracy)."""
+    value = job["results"].get("objective", job["results"].get("test_accuracy"))
+    return float(value) if isinstance(value, (int, float)) and not math.isnan(value) else math.nan
+
+
 def _objective(job: dict) -> float:
-    value = job["results"].get(OBJECTIVE)
-    return value if isinstance(value, (int, float)) and not math.isnan(value) else -math.inf
+    """The job's objective as a score to maximize (a loss counts negated); -inf without one."""
+    value = _value(job)
+    if math.isnan(value):
+        return -math.inf
+    return -value if str(job["results"].get("monitor", "")).endswith("loss") else value
 
 
 def table(jobs: list[dict]) -> tuple[list[str], list[list]]:
     """Header and rows, best objective first; failed and unfinished jobs last."""
     keys = swept_keys(jobs)
     header = ["job", *keys, *METRICS]
-    rows = [[job["job"], *(job["overrides"].get(k) for k in keys), *(job["results"].get(m) for m in METRICS)]
+    def cell(job, metric):
+        return _value(job) if metric == "objective" and not math.isnan(_value(job)) else job["results"].get(metric)
+    rows = [[job["job"], *(job["overrides"].get(k) for k in keys), *(cell(job, m) for m in METRICS)]
             for job in sorted(jobs, key=_objective, reverse=True)]
     return header, rows
 
@@ -111,29 +132,34 @@ def objective_figure(jobs: list[dict], key: str):
     fig = figure((5, 3.5))
     ax = fig.subplots()
     x = _swept_axis(ax, [str(job["overrides"].get(key)) for job in done])
-    ax.scatter(x, [_objective(job) for job in done])
-    ax.set(xlabel=key, ylabel=OBJECTIVE, title=f"{OBJECTIVE} against {key}")
+    ax.scatter(x, [_value(job) for job in done])
+    name = objective_name(jobs)
+    ax.set(xlabel=key, ylabel=name, title=f"{name} against {key}")
     ax.grid(alpha=0.3)
     return fig
 
 
 def curves_figure(jobs: list[dict]):
     """Every job's training loss (log scale: one diverged job must not flatten the rest) and
-    test accuracy per epoch (a Figure)."""
+    validation accuracy (without a validation set, test accuracy) per epoch (a Figure)."""
     from cnn.plots import figure
 
     fig = figure((10, 3.8))
     loss_ax, acc_ax = fig.subplots(1, 2)
     keys = swept_keys(jobs)
+    splits = set()
     for job in jobs:
         if job["rows"]:
             epochs = [r["epoch"] for r in job["rows"]]
+            split = "val" if "val_accuracy" in job["rows"][0] else "test"
+            splits.add(split)
             label = " ".join(f"{k}={job['overrides'].get(k)}" for k in keys) or job["job"]
             loss_ax.plot(epochs, [r["loss"] for r in job["rows"]], marker=".", label=label)
-            acc_ax.plot(epochs, [r["test_accuracy"] for r in job["rows"]], marker=".", label=label)
+            acc_ax.plot(epochs, [r[f"{split}_accuracy"] for r in job["rows"]], marker=".", label=label)
     loss_ax.set_yscale("log")
     loss_ax.set(xlabel="epoch", ylabel="training loss", title="loss")
-    acc_ax.set(xlabel="epoch", ylabel="test accuracy", title="test accuracy")
+    words = " or ".join({"val": "validation", "test": "test"}[s] for s in sorted(splits, reverse=True)) or "validation"
+    acc_ax.set(xlabel="epoch", ylabel=f"{words} accuracy", title=f"{words} accuracy")
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
     if acc_ax.lines:
@@ -150,8 +176,21 @@ def plot(jobs: list[dict], sweep_dir: Path) -> list[Path]:
     return [sweep_dir / name for name in figures]
 
 
-def write_report(sweep_dir: str | Path) -> list[dict]:
-    """Writes report.csv, report.md and the plots; returns the jobs."""
+def ranking_note(jobs: list[dict]) -> str:
+    """The report's first line: what ranks the jobs, and what does not."""
+    name = objective_name(jobs)
+    if name.startswith("val_"):
+        return (f"Ranked by {name} of each job's selected checkpoint (the validation set); the test "
+                "metrics are of that checkpoint, measured once, and rank nothing.")
+    if name == "test_accuracy":
+        return ("Ranked by test accuracy: these jobs ran without a validation set (dataset.validation_split=0), "
+                "so picking the best of them selects on the test set.")
+    return "Ranked by each job's objective (the jobs monitor different metrics)."
+
+
+def write_report(sweep_dir: str | Path, sections: Sequence[str] = ()) -> list[dict]:
+    """Writes report.csv, report.md (with `sections` of markdown at its end) and the plots;
+    returns the jobs."""
     sweep_dir = Path(sweep_dir)
     jobs = collect(sweep_dir)
     header, rows = table(jobs)
@@ -161,8 +200,9 @@ def write_report(sweep_dir: str | Path) -> list[dict]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
     images = plot(jobs, sweep_dir)
-    history.atomic_write(sweep_dir / "report.md", f"# Sweep {sweep_dir}\n\nSorted by {OBJECTIVE}.\n\n"
-                         + "\n".join(lines) + "\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in images) + "\n")
+    history.atomic_write(sweep_dir / "report.md", f"# Sweep {sweep_dir}\n\n{ranking_note(jobs)}\n\n"
+                         + "\n".join(lines) + "\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in images) + "\n"
+                         + "".join("\n" + section for section in sections))
     return jobs
 
 

@@ -4,8 +4,10 @@ results.json (metrics.csv rows are written by `cnn.history`)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -29,14 +31,32 @@ def read_rows(path: Path) -> list[dict]:
         raise CheckpointError(f"{e}; repair or delete it (the checkpoints do not depend on it)") from None
 
 
-def log_epoch(config: Config, row: dict, evaluation: dict, timings: dict) -> None:
-    members = evaluation.get("member_test_accuracy")
+def log_epoch(config: Config, row: dict, evaluation: dict, timings: dict, split: str = "test",
+              best: bool = False) -> None:
+    """The epoch's line: training and `split` ("val" or "test") metrics, speed, timings."""
+    members = evaluation.get(f"member_{split}_accuracy")
     precise = f", precise BN {timings['precise_bn']:.2f} s" if "precise_bn" in timings else ""
-    log.info("epoch %d/%d  loss %.4f  accuracy %.4f  test loss %.4f  test accuracy %.4f  %.1f s  "
+    log.info("epoch %d/%d  loss %.4f  accuracy %.4f  %s loss %.4f  %s accuracy %.4f%s  %.1f s  "
              "%.0f images/s  (evaluation %.2f s, checkpoint %.2f s%s)%s", row["epoch"], config.epochs,
-             row["loss"], row["accuracy"], row["test_loss"], row["test_accuracy"], row["seconds"],
-             row["images_per_sec"], timings["evaluation"], timings["checkpoint"], precise,
-             "  members " + " ".join(f"{a:.4f}" for a in members) if members else "")
+             row["loss"], row["accuracy"], split, row[f"{split}_loss"], split, row[f"{split}_accuracy"],
+             "  (best)" if best else "", row["seconds"], row["images_per_sec"], timings["evaluation"],
+             timings["checkpoint"], precise, "  members " + " ".join(f"{a:.4f}" for a in members) if members else "")
+
+
+def log_results(results_: dict) -> None:
+    """The run's last lines: what was selected, and its test metrics, reported once."""
+    selected, last = results_["selected"], results_["last"]
+    if results_["protocol"] == "validation":
+        log.info("selected epoch %d of %d by %s (%.4f; its checkpoint in best/): test accuracy %.4f, "
+                 "test loss %.4f", selected["epoch"], last["epoch"], results_["monitor"], results_["objective"],
+                 selected["test_accuracy"], selected["test_loss"])
+        if last["step"] != selected["step"]:
+            log.info("last epoch %d: val accuracy %.4f, test accuracy %.4f", last["epoch"],
+                     last.get("val_accuracy", math.nan), last["test_accuracy"])
+    else:
+        log.info("test accuracy %.4f, test loss %.4f after %d steps (dataset.validation_split=0: the test "
+                 "set was evaluated every epoch; nothing was selected)", results_["test_accuracy"],
+                 results_["test_loss"], results_["steps"])
 
 
 # --- TensorBoard ---------------------------------------------------------------------
@@ -70,16 +90,45 @@ def write_train_inputs(images, step: int) -> None:
         tf.summary.image("train_inputs", images[:8], step=step, max_outputs=8)
 
 
-def write_epoch_summaries(row: dict, test_images, predictions, labels, class_names, step: int) -> None:
-    """Per-epoch scalars and up to 8 misclassified test images for TensorBoard."""
+SPLIT_WORDS = {"val": "validation", "test": "test"}
+
+
+def write_epoch_summaries(row: dict, split: str, images, predictions, labels, class_names, step: int) -> None:
+    """Per-epoch scalars and up to 8 misclassified images of the evaluated set (`split`:
+    "val" or "test") for TensorBoard."""
+    word = SPLIT_WORDS[split]
     with tf.summary.record_if(True):  # every epoch, whatever summary_every_n_steps says
-        for key in ("loss", "accuracy", "test_loss", "test_accuracy", "lr"):
+        for key in ("loss", "accuracy", f"{split}_loss", f"{split}_accuracy", "lr"):
             tf.summary.scalar(f"epoch/{key}", row[key], step=step)
         wrong = np.flatnonzero(predictions != labels)[:8]
         if len(wrong):
-            tf.summary.image("misclassified_test_images", test_images[wrong], step=step, max_outputs=8,
-                             description="; ".join(f"test image {i}: predicted {class_names[predictions[i]]}, "
+            tf.summary.image(f"misclassified_{word}_images", images[wrong], step=step, max_outputs=8,
+                             description="; ".join(f"{word} image {i}: predicted {class_names[predictions[i]]}, "
                                                    f"true {class_names[labels[i]]}" for i in wrong))
+
+
+HPARAM_TYPES = (bool, int, float, str)
+
+
+def write_hparams(ident: dict, run_name: str) -> None:
+    """The run's settings for TensorBoard's HParams dashboard (one row per job of a sweep, with
+    the `final/` metrics as its columns). Only settings with scalar values; not the data's digest."""
+    from tensorboard.plugins.hparams import api as hp
+
+    values = {k: v for k, v in ident.items() if k != "data" and isinstance(v, HPARAM_TYPES)}
+    with tf.summary.record_if(True):
+        hp.hparams(values, trial_id=run_name)
+
+
+FINAL_METRICS = ("objective", "val_accuracy", "val_loss", "test_accuracy", "test_loss", "selected_epoch")
+
+
+def write_final_summaries(results_: dict, step: int) -> None:
+    """The run's outcome as `final/<metric>` scalars: the HParams dashboard's metric columns."""
+    with tf.summary.record_if(True):
+        for key in FINAL_METRICS:
+            if isinstance(results_.get(key), (int, float)):
+                tf.summary.scalar(f"final/{key}", results_[key], step=step)
 
 
 def curves_due(now: float, drawn_at: float, every_n_minutes: float, last_epoch: bool) -> bool:
@@ -106,18 +155,36 @@ def rss_mb() -> Optional[float]:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KB elsewhere
 
 
-def results(rows: list[dict], evaluation: dict, step: int, directory: Path, checkpoint: Optional[str],
-            status: str, first_step_seconds: Optional[float]) -> dict:
-    """results.json of a training invocation."""
+def results(config: Config, rows: list[dict], final: dict, step: int, directory: Path,
+            checkpoint: Optional[str], status: str, first_step_seconds: Optional[float],
+            stopped_early: bool = False) -> dict:
+    """results.json of a training invocation.
+
+    `final`: Trainer.final_evaluation's {"selected", "last"}. At the top level are the selected
+    checkpoint's metrics (val_* and test_*) and the `objective` a sweep ranks by: the
+    selected validation `monitor`, or without a validation set the last test accuracy.
+    """
+    selected, last = final["selected"], final["last"]
+    validating = config.dataset.validation_split > 0
+    monitor = config.monitor if validating else "test_accuracy"
     rates = [r["images_per_sec"] for r in rows if r["images_per_sec"] > 0]
     return {
         "status": status,  # how this invocation began: started, resumed (or skipped, when finished)
-        **evaluation,  # test_accuracy, test_loss (and member_test_accuracy)
+        "protocol": "validation" if validating else "test every epoch",
+        "monitor": monitor,
+        "objective": selected.get(monitor),
+        "selected_epoch": selected["epoch"],
+        **{k: v for k, v in selected.items() if k.startswith(("val_", "test_", "member_"))},
+        "selected": selected,
+        "last": last,
+        "stopped_early": stopped_early,
+        "early_stopping": dataclasses.asdict(config.early_stopping) if stopped_early else None,
         "epochs": rows[-1]["epoch"] if rows else 0,
         "steps": step,
         "train_images_per_sec": sum(rates) / len(rates) if rates else 0.0,
         "run_name": directory.name,
         "checkpoint": checkpoint,
+        "best_checkpoint": selected["checkpoint"] if validating else None,
         "checkpoint_dir": str(directory),
         "first_step_seconds": first_step_seconds,  # from `started` to the first steps' end; None: none run
         "rss_mb": rss_mb(),

@@ -8,6 +8,7 @@ else `resume=<path>`, else scratch; the log says which happened.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import shutil
 from pathlib import Path
@@ -39,11 +40,13 @@ def checkpoint_dir_and_identity(config: Config, data: data_lib.Data) -> tuple[Pa
 
 
 def finished_results(config: Config, directory: Path, ident: dict) -> Optional[dict]:
-    """The saved results of this run if it already trained to `config.epochs` and nothing
-    has been saved since; else None. Raises CheckpointError for another run's directory."""
+    """The saved results of this run if it already trained to `config.epochs` (or early stopping,
+    with the same settings, ended it before) and nothing has been saved since; else None. Raises CheckpointError for another run's directory."""
     results = history.read_json(directory / "results.json")
-    if config.resume == "never" or not results or results.get("epochs") != config.epochs \
-            or "test_accuracy" not in results:
+    if config.resume == "never" or not results or "test_accuracy" not in results:
+        return None
+    stopped_here = results.get("early_stopping") == dataclasses.asdict(config.early_stopping)
+    if results.get("epochs") != config.epochs and not (stopped_here and results["epochs"] <= config.epochs):
         return None
     check_identity(directory, ident)
     paths = checkpoint_paths(directory)

@@ -15,6 +15,10 @@ class TrainState:
       step: int64 count of training steps taken.
       nonfinite_step: first step whose loss was NaN/Inf, or -1 (never saved).
       loss, accuracy: the running epoch's Keras metrics.
+      best_value, best_step: the best validation `monitor` value so far and the step of its
+        checkpoint (NaN and -1: none yet).
+      reference, wait: early stopping's reference value (the last improvement by at least
+        min_delta) and the epochs since it.
       checkpoint: the tf.train.Checkpoint over all of the above.
     """
 
@@ -26,6 +30,10 @@ class TrainState:
         self.nonfinite_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
         self.loss = keras.metrics.Mean(name="loss")
         self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        self.best_value = tf.Variable(float("nan"), dtype=tf.float64, trainable=False)
+        self.best_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
+        self.reference = tf.Variable(float("nan"), dtype=tf.float64, trainable=False)
+        self.wait = tf.Variable(0, dtype=tf.int64, trainable=False)
         weights = {id(w) for w in model.weights}
         self.checkpoint = tf.train.Checkpoint(
             model=model, optimizer=optimizer, step=self.step,
@@ -33,6 +41,8 @@ class TrainState:
             # and not saved with the model.
             rng=[v for v in model.variables if id(v) not in weights],
             metrics=[v for m in (self.loss, self.accuracy) for v in m.variables],
+            selection={"best_value": self.best_value, "best_step": self.best_step,
+                       "reference": self.reference, "wait": self.wait},
         )
         # Weights must be reachable from the model itself (the optimizer also references the
         # trainable ones, which hides a gap until BatchNorm statistics go missing).

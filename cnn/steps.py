@@ -90,10 +90,11 @@ def make_train_loop(state, element_spec, summaries: bool = False) -> Callable:
 
 
 def make_evaluate(model, element_spec) -> Callable:
-    """Returns `evaluate(dataset)` over a whole dataset, compiled once.
+    """Returns `evaluate(dataset, split)` over a whole dataset, compiled once.
 
-    `evaluate` returns (metrics, predicted classes): metrics are {"test_loss",
-    "test_accuracy"}, and for an ensemble also "member_test_accuracy", one per member.
+    `evaluate` returns (metrics, predicted classes): metrics are {"<split>_loss",
+    "<split>_accuracy"} (split: "val" or "test"), and for an ensemble also
+    "member_<split>_accuracy", one per member.
     """
     members = len(model.members) if isinstance(model, Ensemble) else 0
     loss_metric = keras.metrics.Mean()
@@ -111,13 +112,13 @@ def make_evaluate(model, element_spec) -> Callable:
             metric.update_state(labels, logits[i])
         return tf.argmax(predict(logits), axis=-1, output_type=tf.int32)
 
-    def evaluate(dataset) -> tuple[dict, np.ndarray]:
+    def evaluate(dataset, split: str = "test") -> tuple[dict, np.ndarray]:
         for metric in all_metrics:
             metric.reset_state()
         predictions = [eval_step(batch) for batch in dataset]
-        results = {"test_loss": float(loss_metric.result()), "test_accuracy": float(accuracy.result())}
+        results = {f"{split}_loss": float(loss_metric.result()), f"{split}_accuracy": float(accuracy.result())}
         if members:
-            results["member_test_accuracy"] = [float(m.result()) for m in member_accuracy]
+            results[f"member_{split}_accuracy"] = [float(m.result()) for m in member_accuracy]
         return results, np.concatenate([p.numpy() for p in predictions])
 
     return evaluate

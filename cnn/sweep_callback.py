@@ -17,13 +17,24 @@ from cnn.report import collect, write_report
 log = logging.getLogger("cnn.report")
 
 
+def study_sections(config) -> list[str]:
+    """The Optuna study's section of the report, when the sweep keeps one in a storage."""
+    sweeper = config.hydra.sweeper
+    if not sweeper.get("storage") or not sweeper.get("study_name"):
+        return []
+    from cnn.optuna_search import study_report
+
+    section = study_report(str(sweeper.storage), str(sweeper.study_name), Path(config.hydra.sweep.dir))
+    return [section] if section else []
+
+
 class SweepReport(Callback):
     """The report at the end of a multirun, and a failing exit if a job failed."""
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
-            jobs = write_report(sweep_dir)
+            jobs = write_report(sweep_dir, sections=study_sections(config))
         except Exception:  # noqa: BLE001  (the sweep's exit status must still tell of failed jobs)
             log.exception("could not write the sweep report")
             jobs = collect(sweep_dir)

@@ -1,11 +1,18 @@
 """The outer loop: epochs of compiled training steps, and the duties at each epoch's end.
 
-`train_and_evaluate` reads top to bottom: load the data, find the run (and skip
-it when it has finished), build the state, restore or start, then `Trainer.fit`.
+`train_and_evaluate` reads top to bottom: load the data and hold out the
+validation set, find the run (and skip it when it has finished), build the state,
+restore or start, then `Trainer.fit` and `Trainer.final_evaluation`.
 Per epoch, `Trainer.train_epoch` calls the compiled loop (`cnn.steps`) in
 chunks, with mid-epoch checkpoints between chunks, and `Trainer.end_epoch`
 does the epoch's duties, one named call each: recompute batch-norm statistics,
-evaluate, record, save, summarize, draw, log. The benchmark times those same calls.
+validate, select (best checkpoint, early stopping), record, save, summarize, draw,
+log. The benchmark times those same calls.
+
+The protocol: each epoch is evaluated on the validation set, which alone picks the
+best checkpoint and stops early; the test set is evaluated once, at the end, on the
+selected checkpoint (and on the last). With `dataset.validation_split=0` (the book's
+protocol) each epoch is evaluated on the test set, so labeled, and nothing is selected.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import tensorflow as tf
 
 from cnn import data as data_lib
 from cnn import history, plots, precise_bn, reporting, run
-from cnn.checkpoint import make_manager, write_identity
+from cnn.checkpoint import keep_best, make_manager, restore, write_identity
 from cnn.config import Config
 from cnn.errors import TrainingError
 from cnn.state import TrainState
@@ -45,6 +52,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, started: Optional[fl
     workdir.mkdir(parents=True, exist_ok=True)
     data = data_lib.load(config.dataset.name, config.dataset.data_dir, config.dataset.download)
     directory, ident = run.checkpoint_dir_and_identity(config, data)
+    data = data_lib.split_validation(data, config.dataset.validation_split)
     finished = run.finished_results(config, directory, ident)
     if finished is not None:
         return reporting.report_skipped(finished, directory, workdir)
@@ -54,12 +62,17 @@ def train_and_evaluate(config: Config, workdir: str | Path, started: Optional[fl
         status = run.restore_or_start(config, state, directory, ident)
         write_identity(directory, ident, directory.name)
         trainer = Trainer(config, state, data, directory, workdir, summaries)
-        evaluation = trainer.fit(started)
-        results = reporting.results(trainer.rows, evaluation, trainer.step, directory,
-                                    trainer.manager.latest_checkpoint, status, trainer.first_step_seconds)
+        if summaries:
+            reporting.write_hparams(ident, directory.name)
+        trainer.fit(started)
+        final = trainer.final_evaluation()
+        results = reporting.results(config, trainer.rows, final, trainer.step, directory,
+                                    trainer.manager.latest_checkpoint, status, trainer.first_step_seconds,
+                                    trainer.stopped_early)
+        if summaries:
+            reporting.write_final_summaries(results, trainer.step)
     reporting.write_results(results, workdir, directory)
-    log.info("test accuracy %.4f, test loss %.4f after %d steps", results["test_accuracy"],
-             results["test_loss"], results["steps"])
+    reporting.log_results(results)
     return results
 
 
@@ -123,16 +136,24 @@ class Trainer:
         self.steps_per_epoch = data_lib.steps_per_epoch(len(data.x_train), config.batch_size)
         self.manager = make_manager(state, directory, config.checkpoint.keep)
         self.test_ds = data_lib.test_dataset(data.x_test, data.y_test)
+        # Each epoch is evaluated on the validation set, or with none, on the test set (the book).
+        self.validating = data.x_val is not None
+        self.split = "val" if self.validating else "test"
+        self.x_eval, self.y_eval = (data.x_val, data.y_val) if self.validating else (data.x_test, data.y_test)
+        self.eval_ds = data_lib.test_dataset(self.x_eval, self.y_eval) if self.validating else self.test_ds
         self._evaluate = make_evaluate(state.model, self.test_ds.element_spec)
         self.statistics = precise_bn.create(state.model, config.precise_bn.batches, self.test_ds.element_spec)
         self.statistics_ds = data_lib.statistics_dataset(data.x_train, data.y_train, config.batch_size, config.seed,
                                                          config.precise_bn.batches) if self.statistics else None
         self.loop = make_train_loop(state, self.test_ds.element_spec, summaries)
+        if self.validating and int(state.best_step.numpy()) >= 0:  # a kill between a save and its copy
+            keep_best(directory, int(state.best_step.numpy()))
         self.cadence = Cadence(config.checkpoint.every_n_steps, config.checkpoint.every_n_minutes)
         done = self.step // self.steps_per_epoch  # rows of epochs past the checkpoint are dropped
         self.rows = [r for r in reporting.read_rows(directory / "metrics.csv") if r["epoch"] <= done]
         self.plotted = -math.inf  # when learning_curves.png was last drawn (time.monotonic)
         self.first_step_seconds: Optional[float] = None
+        self.last_evaluation: dict = {}  # the latest epoch's evaluation (of the validation or test set)
 
     @property
     def step(self) -> int:
@@ -146,7 +167,7 @@ class Trainer:
         log.info("run %s: %d examples, %d steps per epoch, checkpoints in %s",
                  self.directory.name, len(self.data.x_train), spe, self.directory)
         step, evaluation = self.step, None
-        while step < config.epochs * spe:
+        while step < config.epochs * spe and not self.stopped_early:
             epoch = step // spe
             if step % spe == 0:
                 self.state.reset_metrics()
@@ -157,13 +178,22 @@ class Trainer:
             step += stats.steps
             evaluation = self.end_epoch(epoch, step, stats)
         if evaluation is None:  # already trained that far: report the checkpoint as it is
-            log.info("already trained to epoch %d (step %d); evaluating only", step // spe, step)
+            log.info("already trained to epoch %d (step %d)%s; evaluating only", -(-step // spe), step,
+                     ", where early stopping stopped it" if self.stopped_early else "")
             self.recompute_statistics()
             evaluation, _ = self.evaluate()
+            self.last_evaluation = evaluation
             self.record()
             if self.rows:
                 self.draw_curves(last_epoch=True)
         return evaluation
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether early stopping has ended the run: `patience` epochs in a row (at least one)
+        without an improvement of the monitor by `min_delta`, as Keras' EarlyStopping counts."""
+        patience, wait = self.config.early_stopping.patience, int(self.state.wait.numpy())
+        return patience is not None and wait > 0 and wait >= patience
 
     def train_dataset(self, epoch: int, skip_batches: int) -> tf.data.Dataset:
         """The epoch's batches (shuffled and augmented as a function of seed and epoch)."""
@@ -206,26 +236,84 @@ class Trainer:
     # --- The epoch's end: one named call per duty ---------------------------------------
 
     def end_epoch(self, epoch: int, step: int, stats: EpochStats) -> dict:
-        """Recomputes batch-norm statistics, evaluates, records, saves, summarizes, draws and
-        logs; returns the evaluation."""
+        """Recomputes batch-norm statistics, evaluates, selects, records, saves, summarizes, draws
+        and logs; returns the evaluation."""
         timings = {"train": stats.seconds}
         if self.statistics:
             _, timings["precise_bn"] = timed(self.recompute_statistics)
         (evaluation, predictions), timings["evaluation"] = timed(self.evaluate)
+        self.last_evaluation = evaluation
+        s = self.split
         row = {"epoch": epoch + 1, "step": step, "loss": float(self.state.loss.result()),
-               "accuracy": float(self.state.accuracy.result()), "test_loss": evaluation["test_loss"],
-               "test_accuracy": evaluation["test_accuracy"],
+               "accuracy": float(self.state.accuracy.result()), f"{s}_loss": evaluation[f"{s}_loss"],
+               f"{s}_accuracy": evaluation[f"{s}_accuracy"],
                "lr": float(self.state.optimizer.learning_rate.numpy()),  # the rate of the next step
                "seconds": stats.seconds, "images_per_sec": stats.images / stats.seconds}
         self.rows.append(row)
+        best = self.select(row, step) if self.validating else False  # into the state, saved below
         # The row goes first: if the save below never happens, the resumed run drops it.
         _, timings["record"] = timed(self.record)
         _, timings["checkpoint"] = timed(self.save, step)
+        if best:
+            keep_best(self.directory, step)
         _, timings["summaries"] = timed(self.summarize, predictions, step)
         last_epoch = step >= self.config.epochs * self.steps_per_epoch
         _, timings["curves"] = timed(self.draw_curves, last_epoch)
-        reporting.log_epoch(self.config, row, evaluation, timings)
+        reporting.log_epoch(self.config, row, evaluation, timings, self.split, best)
+        if self.stopped_early:
+            log.info("early stopping: %s has not improved by more than %g for %d epochs; best: epoch %d",
+                     self.config.monitor, self.config.early_stopping.min_delta, int(self.state.wait.numpy()),
+                     int(self.state.best_step.numpy()) // self.steps_per_epoch)
         return evaluation
+
+    def select(self, row: dict, step: int) -> bool:
+        """Updates the best checkpoint's record and early stopping's count with this epoch's
+        validation metric (in the state, so that a resumed run continues them exactly);
+        returns whether this epoch is the best so far (strictly better; a tie keeps the earlier)."""
+        state, monitor = self.state, self.config.monitor
+        value = row[monitor]
+        best = improves(value, float(state.best_value.numpy()), monitor)
+        if best:
+            state.best_value.assign(value)
+            state.best_step.assign(step)
+        if improves(value, float(state.reference.numpy()), monitor, self.config.early_stopping.min_delta):
+            state.reference.assign(value)
+            state.wait.assign(0)
+        else:
+            state.wait.assign_add(1)
+        return best
+
+    def final_evaluation(self) -> dict:
+        """The test set, evaluated once: on the selected (best) checkpoint and on the last one.
+
+        Returns {"selected": {...}, "last": {...}}: each the epoch, step, checkpoint and
+        metrics. Without a validation set the last epoch is the one reported (the book's
+        protocol), with the test metrics its epoch already measured.
+        """
+        last_row = self.rows[-1] if self.rows else {}
+        last = {"epoch": last_row.get("epoch", 0), "step": self.step,
+                "checkpoint": self.manager.latest_checkpoint}
+        if not self.validating:
+            last.update(self.last_evaluation)  # test_loss, test_accuracy (member_test_accuracy)
+            return {"selected": last, "last": last}
+        last.update({k: v for k, v in last_row.items() if k.startswith("val_")})
+        last.update(self.evaluate_test())  # the weights in memory are the last checkpoint's
+        best_step = int(self.state.best_step.numpy())
+        path = keep_best(self.directory, best_step) if best_step >= 0 else None
+        if path is None:
+            return {"selected": last, "last": last}
+        best_row = next((r for r in self.rows if r["step"] == best_step),  # no metrics.csv: the state's record
+                        {"epoch": -(-best_step // self.steps_per_epoch),
+                         self.config.monitor: float(self.state.best_value.numpy())})
+        restore(self.state.checkpoint, path)
+        selected = {"epoch": best_row["epoch"], "step": best_step, "checkpoint": path,
+                    **{k: v for k, v in best_row.items() if k.startswith("val_")}, **self.evaluate_test()}
+        restore(self.state.checkpoint, self.manager.latest_checkpoint)  # the state is the last one again
+        return {"selected": selected, "last": last}
+
+    def evaluate_test(self) -> dict:
+        """The test metrics of the weights in memory."""
+        return self._evaluate(self.test_ds, "test")[0]
 
     def recompute_statistics(self) -> None:
         """Precise batch-norm statistics (cnn/precise_bn.py), when the model has batch norm."""
@@ -233,8 +321,9 @@ class Trainer:
             self.statistics.recompute(self.statistics_ds)
 
     def evaluate(self) -> tuple[dict, np.ndarray]:
-        """Test-set metrics and the predicted class of every test image."""
-        return self._evaluate(self.test_ds)
+        """The epoch's evaluation: the validation (or, with none, the test) metrics and the
+        predicted class of every image."""
+        return self._evaluate(self.eval_ds, self.split)
 
     def record(self) -> None:
         """metrics.csv, in the checkpoint directory (the run's whole history) and in workdir."""
@@ -249,7 +338,7 @@ class Trainer:
 
     def summarize(self, predictions: np.ndarray, step: int) -> None:
         if self.summaries:
-            reporting.write_epoch_summaries(self.rows[-1], self.data.x_test, predictions, self.data.y_test,
+            reporting.write_epoch_summaries(self.rows[-1], self.split, self.x_eval, predictions, self.y_eval,
                                             self.data.class_names, step)
 
     def draw_curves(self, last_epoch: bool) -> None:
@@ -257,6 +346,14 @@ class Trainer:
         if reporting.curves_due(time.monotonic(), self.plotted, self.config.plot_every_n_minutes, last_epoch):
             plots.learning_curves(self.rows, self.workdir / "learning_curves.png")
             self.plotted = time.monotonic()
+
+
+def improves(value: float, reference: float, monitor: str, min_delta: float = 0.0) -> bool:
+    """Whether `value` of `monitor` improves on `reference` by more than `min_delta` (any value
+    improves on NaN, the reference of no epoch yet)."""
+    if math.isnan(reference):
+        return True
+    return value - min_delta > reference if monitor.endswith("accuracy") else value + min_delta < reference
 
 
 def progress_bar(enabled: Optional[bool], steps: int, done: int):

@@ -33,7 +33,7 @@ def test_models_without_batch_norm_or_batches_get_none():
 
 def test_recomputing_leaves_weights_and_dropout_state_alone(tmp_path):
     config = make_config(tmp_path, "model=ensemble", "model.members=bn_cnn", "model.size=2")
-    sample = data.load("mnist", str(SAMPLE))
+    sample = data.split_validation(data.load("mnist", str(SAMPLE)), config.dataset.validation_split)
     run.setup(config)
     state = run.create_state(config, sample)
     before = {v.path: v.numpy().copy() for v in state.model.variables}
@@ -82,7 +82,7 @@ def test_precise_statistics_make_an_unconverged_model_usable_without_changing_tr
     for key in statistics:  # what was saved is the recomputation, not the moving averages
         assert not np.allclose(saved[key], moving_saved[key], rtol=1e-3), key
     config = make_config(tmp_path / "precise", "model=bn_cnn", batch_size=50)
-    sample = data.load("mnist", str(SAMPLE))
+    sample = data.split_validation(data.load("mnist", str(SAMPLE)), config.dataset.validation_split)
     run.setup(config)
     state = run.create_state(config, sample)
     checkpoint.restore(state.checkpoint, moving["checkpoint"])  # the same weights, moving averages

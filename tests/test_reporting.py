@@ -20,11 +20,13 @@ def scalar_steps(directory: Path, tag: str) -> list[int]:
 
 def test_training_scalars_come_every_n_steps_and_epoch_ones_every_epoch(tmp_path):
     training.train_and_evaluate(make_config(tmp_path, epochs=2, summaries=True, summary_every_n_steps=3),
-                                tmp_path / "run")  # 20 steps an epoch
+                                tmp_path / "run")  # 18 steps an epoch
     tensorboard = tmp_path / "run" / "tensorboard"
-    # A step's scalars carry the step count before its update: 0, 3, ..., 39 of 40 steps.
-    assert scalar_steps(tensorboard, "train/loss") == list(range(0, 40, 3))
-    assert scalar_steps(tensorboard, "epoch/test_accuracy") == [20, 40]
+    # A step's scalars carry the step count before its update: 0, 3, ..., 33 of 36 steps.
+    assert scalar_steps(tensorboard, "train/loss") == list(range(0, 36, 3))
+    assert scalar_steps(tensorboard, "epoch/val_accuracy") == [18, 36]
+    assert scalar_steps(tensorboard, "epoch/test_accuracy") == []  # the test set: once, at the end
+    assert scalar_steps(tensorboard, "final/test_accuracy") == [36]
 
 
 def test_misclassified_descriptions_are_not_markdown_headings(tmp_path):
@@ -33,7 +35,7 @@ def test_misclassified_descriptions_are_not_markdown_headings(tmp_path):
     writer = tf.summary.create_file_writer(str(tmp_path))
     with writer.as_default():
         reporting.write_epoch_summaries(dict.fromkeys(("loss", "accuracy", "test_loss", "test_accuracy", "lr"), 0.5),
-                                        np.zeros((3, 4, 4, 1), np.uint8), np.array([1, 0, 2]), np.array([1, 1, 1]),
+                                        "test", np.zeros((3, 4, 4, 1), np.uint8), np.array([1, 0, 2]), np.array([1, 1, 1]),
                                         ("a", "b", "c"), step=1)
     writer.close()
     descriptions = [value.metadata.summary_description

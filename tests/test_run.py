@@ -16,11 +16,11 @@ def test_resume_from_a_directory_takes_its_latest_checkpoint(tmp_path):
     before = {p.name: p.stat().st_mtime_ns for p in given.iterdir()}
     results = training.train_and_evaluate(make_config(tmp_path / "b", epochs=3, resume=str(given)),
                                           tmp_path / "b" / "run")
-    assert results["status"] == "resumed" and results["steps"] == 60
+    assert results["status"] == "resumed" and results["steps"] == 54
     assert {p.name: p.stat().st_mtime_ns for p in given.iterdir()} == before  # only read
     straight = training.train_and_evaluate(make_config(tmp_path / "c", epochs=3), tmp_path / "c" / "run")
     assert results["test_accuracy"] == straight["test_accuracy"]
-    assert_same_checkpoint(tmp_path / "c" / "ckpt" / "ckpt-60", tmp_path / "b" / "ckpt" / "ckpt-60")
+    assert_same_checkpoint(tmp_path / "c" / "ckpt" / "ckpt-54", tmp_path / "b" / "ckpt" / "ckpt-54")
 
 
 def test_a_damaged_run_json_is_one_clear_error_and_stays(tmp_path):

@@ -86,8 +86,8 @@ def test_a_run_writes_curves_and_tensorboard_summaries(tmp_path):
     png(tmp_path / "run" / "learning_curves.png", 1000, 380)
     tags = event_tags(tmp_path / "run" / "tensorboard")
     assert {"train/loss", "train/grad_norm", "train/learning_rate", "epoch/loss", "epoch/accuracy",
-            "epoch/test_loss", "epoch/test_accuracy", "epoch/lr", "train_inputs",
-            "misclassified_test_images"} <= tags, tags
+            "epoch/val_loss", "epoch/val_accuracy", "epoch/lr", "train_inputs",
+            "misclassified_validation_images", "final/val_accuracy", "final/test_accuracy"} <= tags, tags
 
 
 def test_summaries_can_be_turned_off(tmp_path):
