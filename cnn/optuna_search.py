@@ -60,7 +60,8 @@ class ResumeStudy(Callback):
         interrupted = [t for t in trials if t.state == TrialState.RUNNING]  # their process is gone
         for trial in interrupted:
             study.tell(trial.number, state=TrialState.FAIL)
-            study.enqueue_trial(trial.params)
+            if trial.params:  # (killed before its parameters were drawn: a new trial replaces it)
+                study.enqueue_trial(trial.params)
         todo = max(sweeper.n_trials - complete, 0)
         if trials:
             log.info("study %s (%s): %d of %d trials complete, %d interrupted (retried with the same "

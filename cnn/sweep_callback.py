@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
 
 from cnn.report import collect, write_report
 
@@ -19,12 +20,16 @@ log = logging.getLogger("cnn.report")
 
 def study_sections(config) -> list[str]:
     """The Optuna study's section of the report, when the sweep keeps one in a storage."""
-    sweeper = config.hydra.sweeper
-    if not sweeper.get("storage") or not sweeper.get("study_name"):
+    sweeper = OmegaConf.select(config, "hydra.sweeper")
+    if sweeper is None or not sweeper.get("storage") or not sweeper.get("study_name"):
         return []
-    from cnn.optuna_search import study_report
+    try:
+        from cnn.optuna_search import study_report
 
-    section = study_report(str(sweeper.storage), str(sweeper.study_name), Path(config.hydra.sweep.dir))
+        section = study_report(str(sweeper.storage), str(sweeper.study_name), Path(config.hydra.sweep.dir))
+    except Exception:  # noqa: BLE001  (the jobs' report comes first)
+        log.exception("could not read the Optuna study for the report")
+        return []
     return [section] if section else []
 
 

@@ -107,14 +107,18 @@ def test_multirun_2x2_gives_each_job_its_own_checkpoints(tmp_path, tiny_data):
     [],
     # batch norm statistics and a decaying learning rate, restored mid-schedule
     ["model=bn_cnn", "schedule.name=exponential", "schedule.decay_steps=10", "schedule.decay_rate=0.8"],
-], ids=["book_cnn", "bn_cnn-exponential"])
+    # early stopping's count and the best checkpoint's record: the same stopping epoch
+    ["lr=0.01", "epochs=12", "early_stopping.patience=1"],
+], ids=["book_cnn", "bn_cnn-exponential", "early_stopping"])
 def test_sigkill_at_a_random_step_then_rerun_is_bitwise_exact(tmp_path, settings):
     common = [*SAMPLE_RUN, *settings, "checkpoint.every_n_steps=5", "checkpoint.keep=2"]
     train(tmp_path, *common, "checkpoint.dir=straight", "hydra.run.dir=r0")
+    straight = json.loads((tmp_path / "r0" / "results.json").read_text())
+    steps = straight["steps"]  # 36 an epoch
 
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
-    kill_after = rng.randrange(5, 110, 5)  # of 120 steps
+    kill_after = rng.randrange(5, steps - 10, 5)
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *common, "checkpoint.dir=killed",
                              "hydra.run.dir=r1"], cwd=tmp_path, env=env(tmp_path),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -128,8 +132,15 @@ def test_sigkill_at_a_random_step_then_rerun_is_bitwise_exact(tmp_path, settings
     assert proc.wait() == -9, f"finished before SIGKILL (seed {seed})"
 
     train(tmp_path, *common, "checkpoint.dir=killed", "hydra.run.dir=r2")
-    assert_same_checkpoint(tmp_path / "straight" / "ckpt-120", tmp_path / "killed" / "ckpt-120")
+    resumed = json.loads((tmp_path / "r2" / "results.json").read_text())
+    assert_same_checkpoint(tmp_path / "straight" / f"ckpt-{steps}", tmp_path / "killed" / f"ckpt-{steps}")
     assert rows_without_timing(tmp_path / "r2" / "metrics.csv") == rows_without_timing(tmp_path / "r0" / "metrics.csv")
+    for key in ("steps", "epochs", "stopped_early", "selected_epoch", "objective", "test_accuracy", "val_loss"):
+        assert resumed[key] == straight[key], key
+    assert_same_checkpoint(straight["best_checkpoint"].replace("straight", str(tmp_path / "straight"), 1),
+                           resumed["best_checkpoint"].replace("killed", str(tmp_path / "killed"), 1))
+    if "early_stopping.patience=1" in settings:
+        assert straight["stopped_early"] and straight["epochs"] < 12
 
 
 def test_an_ensemble_of_bn_cnn_trains_and_evaluates_from_the_command_line(tmp_path, tiny_data):

@@ -119,6 +119,22 @@ def assert_labels_apart(fig, tmp_path: Path, rotated: bool = False) -> None:
     assert all(0 <= b.x0 and b.x1 <= width and 0 <= b.y0 and b.y1 <= height for b in boxes)
 
 
+@pytest.mark.parametrize("monitor", ["val_accuracy", "val_loss"])
+def test_jobs_rank_by_their_validation_objective_never_by_test(tmp_path, monitor):
+    """The job with the best test accuracy ranks last when its validation objective is worst."""
+    for num, (val, test) in enumerate([(0.90, 0.99), (0.95, 0.80), (0.92, 0.85)]):
+        fake_job(tmp_path, num, [f"lr={num}"], {"status": "started", "monitor": monitor, "objective": val,
+                                                monitor: val, "test_accuracy": test})
+    proc = run_report(str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    with open(tmp_path / "report.csv") as f:
+        rows = list(csv.DictReader(f))
+    order = ["1", "2", "0"] if monitor == "val_accuracy" else ["0", "2", "1"]  # a loss: lowest first
+    assert [r["job"] for r in rows] == order
+    assert [float(r["test_accuracy"]) for r in rows] == [{"0": 0.99, "1": 0.80, "2": 0.85}[j] for j in order]
+    assert f"Ranked by {monitor} of each job's selected checkpoint" in proc.stdout
+
+
 def test_objective_against_a_categorical_key_rotates_its_labels(tmp_path):
     names = ["book_cnn_sequential_long_name", "book_cnn_functional_long_name", "bn_cnn"]
     fig = report.objective_figure(jobs_with(names), "lr")

@@ -125,3 +125,64 @@ def test_submitit_local_gives_every_job_a_fresh_process(tmp_path, tiny_data):
     results = job_results(tmp_path / "sweep")
     assert len(results) == 2 and results[0]["pid"] != results[1]["pid"]
     assert {r["status"] for r in results.values()} == {"started"}
+
+
+def study_trials(tmp_path) -> list:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    path = tmp_path / "multirun" / "optuna" / "cnn" / "optuna.db"
+    if not path.exists():
+        return []
+    storage = f"sqlite:///{path}"
+    try:
+        return optuna.load_study(study_name="cnn", storage=storage).get_trials(deepcopy=False)
+    except KeyError:  # not created yet
+        return []
+
+
+@pytest.mark.slow
+def test_an_optuna_study_killed_midway_finishes_when_rerun_without_repeating_a_trial(tmp_path, tiny_data):
+    """4 trials in SQLite, SIGKILL once 2 are complete, rerun: exactly 4 complete, none run twice."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+    from optuna.trial import TrialState
+    from test_cli import env
+
+    search = ["-m", "+search=optuna", "hydra.sweeper.n_trials=4", f"dataset.data_dir={tiny_data}", "epochs=2",
+              "checkpoint.every_n_steps=1"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *search], cwd=tmp_path, env=env(tmp_path),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    # Kill inside the third trial, once it has its parameters and has had time to save a step.
+    while not (sum(t.state == TrialState.COMPLETE for t in study_trials(tmp_path)) >= 2
+               and any(t.state == TrialState.RUNNING and t.params for t in study_trials(tmp_path))):
+        assert proc.poll() is None and time.monotonic() < deadline, "the sweep ended before the kill"
+        time.sleep(0.05)
+    time.sleep(1.5)
+    proc.kill()
+    assert proc.wait() == -9
+    before = study_trials(tmp_path)
+    complete_before = {t.number: t.params for t in before if t.state == TrialState.COMPLETE}
+    assert 2 <= len(complete_before) < 4
+
+    time.sleep(1.1)  # the rerun's sweep directory is named by the second
+    out = train(tmp_path, *search)
+    after = study_trials(tmp_path)
+    complete = [t for t in after if t.state == TrialState.COMPLETE]
+    assert len(complete) == 4
+    assert {t.number: t.params for t in complete if t.number in complete_before} == complete_before
+    params = [tuple(sorted(t.params.items())) for t in complete]
+    assert len(set(params)) == 4  # no completed trial was run again
+    interrupted = [t for t in before if t.state == TrialState.RUNNING]
+    for trial in interrupted:  # failed, and (once it had parameters) retried with them
+        assert [t.state for t in after if t.number == trial.number] == [TrialState.FAIL]
+        assert not trial.params or trial.params in [t.params for t in complete if t.number not in complete_before]
+    (rerun,) = [d for d in (tmp_path / "multirun" / "optuna" / "cnn").glob("*/*") if (d / "report.md").exists()]
+    statuses = [json.loads(p.read_text())["status"] for p in rerun.glob("*/results.json")]
+    assert len(statuses) == 4 - len(complete_before) and "skipped" not in statuses
+    assert f"{len(complete_before)} of 4 trials complete, {len(interrupted)} interrupted" in out.stdout + out.stderr
+    assert "Optuna study `cnn`" in (rerun / "report.md").read_text() and (rerun / "optuna_history.png").exists()
