@@ -13,9 +13,40 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
-from cnn.report import collect, write_report
+from cnn.report import collect, swept_keys, write_report
 
 log = logging.getLogger("cnn.report")
+
+
+HPARAMS_METRICS = (("final/objective", "objective"), ("final/val_accuracy", "val accuracy"),
+                   ("final/test_accuracy", "test accuracy"), ("final/selected_epoch", "selected epoch"))
+
+
+def write_hparams_config(sweep_dir: Path, keys: list[str]) -> None:
+    """TensorBoard's HParams experiment for `tensorboard --logdir <sweep dir>`: the swept keys
+    as its columns and the jobs' `final/` metrics (without it the dashboard lists every setting
+    and every scalar). Nothing without TensorBoard."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        return
+    import time
+
+    from cnn.config import Config, _schema_keys
+    from cnn.console import import_tensorflow
+
+    import_tensorflow()  # TensorBoard imports it: without its start-up lines
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.plugins.hparams import summary_v2 as hp
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    known = set(_schema_keys(Config))
+    names = [k if k in known else f"{k}.name" for k in keys if k in known or f"{k}.name" in known]
+    summary = hp.hparams_config_pb(hparams=[hp.HParam(name) for name in names],
+                                   metrics=[hp.Metric(tag, display_name=label) for tag, label in HPARAMS_METRICS])
+    writer = EventFileWriter(str(sweep_dir))
+    writer.add_event(event_pb2.Event(summary=summary, wall_time=time.time()))
+    writer.close()
 
 
 def study_sections(config) -> list[str]:
@@ -40,6 +71,7 @@ class SweepReport(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
             jobs = write_report(sweep_dir, sections=study_sections(config))
+            write_hparams_config(sweep_dir, swept_keys(jobs))
         except Exception:  # noqa: BLE001  (the sweep's exit status must still tell of failed jobs)
             log.exception("could not write the sweep report")
             jobs = collect(sweep_dir)

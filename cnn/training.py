@@ -164,8 +164,10 @@ class Trainer:
         measure the wait for the first steps from (default: now)."""
         config, spe = self.config, self.steps_per_epoch
         started = time.time() if started is None else started
-        log.info("run %s: %d examples, %d steps per epoch, checkpoints in %s",
-                 self.directory.name, len(self.data.x_train), spe, self.directory)
+        held_out = (f"{len(self.data.x_val)} held out to validate each epoch" if self.validating
+                    else "none held out: the test set is evaluated each epoch")
+        log.info("run %s: %d training images (%s), %d steps per epoch, checkpoints in %s",
+                 self.directory.name, len(self.data.x_train), held_out, spe, self.directory)
         step, evaluation = self.step, None
         while step < config.epochs * spe and not self.stopped_early:
             epoch = step // spe

@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import tensorflow as tf
 from conftest import ROOT, SAMPLE
 from test_training import assert_same_checkpoint, rows_without_timing
 
@@ -63,6 +64,9 @@ def test_missing_data_is_one_clear_line(tmp_path):
     ("lr=abc", "lr: Value 'abc' of type 'str' could not be converted to Float"),
     ("dataset=foo", "dataset=foo: no such option; available: cifar10, fashion_mnist, mnist"),
     ("model.size=3", "model.size=3: book_cnn does not take it"),
+    ("dataset.validation_split=1.5", "dataset.validation_split=1.5: must be in [0, 1)"),
+    ("early_stopping.patience=-1", "early_stopping.patience=-1: must be >= 0"),
+    ("monitor=accuracy", "monitor=accuracy: must be one of val_accuracy, val_loss"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, override, message):
     proc = train(tmp_path, f"dataset.data_dir={SAMPLE}", override, check=False)
@@ -101,6 +105,26 @@ def test_multirun_2x2_gives_each_job_its_own_checkpoints(tmp_path, tiny_data):
         assert list((tmp_path / "checkpoints" / d).glob("ckpt-*.index")), d
     for job in range(4):
         assert json.loads((tmp_path / "sweep" / str(job) / "results.json").read_text())["epochs"] == 1
+    # TensorBoard's HParams dashboard: the sweep's columns, and each job's settings and final metrics.
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    def hparams(directory, tag):
+        found = [plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                 for path in directory.glob("events.out.tfevents.*")
+                 for event in tf.compat.v1.train.summary_iterator(str(path))
+                 for value in event.summary.value if value.tag == tag]
+        assert len(found) == 1, (directory, tag)
+        return found[0]
+
+    experiment = hparams(tmp_path / "sweep", "_hparams_/experiment").experiment
+    assert [h.name for h in experiment.hparam_infos] == ["batch_size", "lr"]
+    assert [m.name.tag for m in experiment.metric_infos][:3] == ["final/objective", "final/val_accuracy",
+                                                                  "final/test_accuracy"]
+    session = hparams(tmp_path / "sweep" / "0" / "tensorboard", "_hparams_/session_start_info").session_start_info
+    assert session.hparams["lr"].number_value == 0.01 and session.hparams["batch_size"].number_value == 64
+    final = {value.tag for path in (tmp_path / "sweep" / "0" / "tensorboard").glob("events.out.tfevents.*")
+             for event in tf.compat.v1.train.summary_iterator(str(path)) for value in event.summary.value}
+    assert {"final/objective", "final/val_accuracy", "final/test_accuracy"} <= final
 
 
 @pytest.mark.parametrize("settings", [
