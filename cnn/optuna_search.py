@@ -74,8 +74,9 @@ class ResumeStudy(Callback):
 
 
 def study_report(storage: str, study_name: str, sweep_dir: Path) -> Optional[str]:
-    """A markdown section on the study: its trials, and optuna_history.png (Optuna's
-    optimization history) in `sweep_dir`. None when the study does not exist."""
+    """A markdown section on the study: its trials, and Optuna's plots in `sweep_dir`:
+    optuna_history.png (the optimization history) and, with scikit-learn installed (Optuna 2's
+    fANOVA needs it), optuna_importances.png. None when the study does not exist."""
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:  # no such study in this storage
@@ -93,12 +94,21 @@ def study_report(storage: str, study_name: str, sweep_dir: Path) -> Optional[str
     if any(t.state == TrialState.COMPLETE for t in trials) and len(study.directions) == 1:
         import matplotlib.pyplot as plt  # Optuna's plots draw with pyplot
 
-        with warnings.catch_warnings():  # "experimental" in Optuna 2
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            ax = optuna.visualization.matplotlib.plot_optimization_history(study)
-        ax.figure.savefig(sweep_dir / "optuna_history.png", dpi=100, bbox_inches="tight")
-        plt.close(ax.figure)
-        lines += ["", "![optuna_history](optuna_history.png)"]
+        plots = {"optuna_history": optuna.visualization.matplotlib.plot_optimization_history}
+        if sum(t.state == TrialState.COMPLETE for t in trials) >= 2 and len(names) >= 2:
+            plots["optuna_importances"] = optuna.visualization.matplotlib.plot_param_importances
+        for name, plot in plots.items():
+            # rc_context: Optuna's plots switch matplotlib's global style, for our figures too.
+            with plt.rc_context(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # Optuna 2
+                try:
+                    ax = plot(study)
+                except ImportError as e:  # Optuna 2's importances need scikit-learn
+                    lines += ["", f"({name}: {str(e).split('.')[0]}; `pip install scikit-learn` adds it.)"]
+                    continue
+                ax.figure.savefig(sweep_dir / f"{name}.png", dpi=100, bbox_inches="tight")
+                plt.close(ax.figure)
+            lines += ["", f"![{name}]({name}.png)"]
     return "\n".join(lines) + "\n"
 
 
