@@ -23,14 +23,19 @@ report. Imports Optuna and Hydra: used only by sweeps that ask for it.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Optional
 
-import optuna
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
-from optuna.trial import TrialState
+# Optuna 2's storage predates SQLAlchemy 2 (hence sqlalchemy<2): without this, SQLAlchemy 1.4
+# warns of it on every sweep.
+os.environ.setdefault("SQLALCHEMY_SILENCE_UBER_WARNING", "1")
+
+import optuna  # noqa: E402
+from hydra.experimental.callback import Callback  # noqa: E402
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -128,6 +128,7 @@ def test_submitit_local_gives_every_job_a_fresh_process(tmp_path, tiny_data):
 
 
 def study_trials(tmp_path) -> list:
+    import cnn.optuna_search  # noqa: F401  (before optuna: quiets SQLAlchemy's 2.0 warning)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
