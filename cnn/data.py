@@ -372,6 +372,21 @@ def augment(images, seed, max_rotation: float, max_shift: float, flip: bool = Fa
         interpolation="BILINEAR", fill_mode="CONSTANT")
 
 
+def pipeline_options():
+    """The options of every pipeline here: tf.data's model-based autotuning off.
+
+    With it on (TensorFlow 2.21), deleting a finished epoch's iterator sometimes blocks for
+    10-20 s: the epoch-boundary pauses of docs/results.md, at up to 10 of 24 epoch ends of
+    `book_best`. A parallel map with AUTOTUNE then runs on every core, and prefetch(AUTOTUNE)
+    keeps its own buffer tuning.
+    """
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return options
+
+
 def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epoch: int,
                   skip_batches: int = 0, max_rotation: float = 0.0, max_shift: float = 0.0,
                   flip: bool = False):
@@ -394,7 +409,7 @@ def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epoc
             images = augment(images, seed_pair, max_rotation, max_shift, flip)
         return images, labels
 
-    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE).with_options(pipeline_options())
 
 
 def statistics_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, batches: int):
@@ -408,7 +423,8 @@ def statistics_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
     rng = np.random.default_rng(np.random.SeedSequence([seed, 2**32 - 1]))  # no epoch uses this one
     chosen = rng.permutation(len(x))[:batches * batch_size]  # shuffled: batches of mixed classes
     ds = tf.data.Dataset.from_tensor_slices((x[chosen], y[chosen])).batch(batch_size)
-    return ds.map(_normalize, num_parallel_calls=tf.data.AUTOTUNE).cache().prefetch(tf.data.AUTOTUNE)
+    return ds.map(_normalize, num_parallel_calls=tf.data.AUTOTUNE).cache().prefetch(tf.data.AUTOTUNE).with_options(
+        pipeline_options())
 
 
 def test_dataset(x: np.ndarray, y: np.ndarray, batch_size: int = EVAL_BATCH_SIZE):
@@ -416,7 +432,8 @@ def test_dataset(x: np.ndarray, y: np.ndarray, batch_size: int = EVAL_BATCH_SIZE
 
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
     # Evaluated every epoch: normalize once and keep the float32 batches (4 bytes a pixel).
-    return ds.map(_normalize, num_parallel_calls=tf.data.AUTOTUNE).cache().prefetch(tf.data.AUTOTUNE)
+    return ds.map(_normalize, num_parallel_calls=tf.data.AUTOTUNE).cache().prefetch(tf.data.AUTOTUNE).with_options(
+        pipeline_options())
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:

@@ -9,9 +9,13 @@ import os
 from pathlib import Path
 
 # Each epoch is evaluated on the validation set (val_*), or with none on the test set (test_*).
+# seconds: the epoch's training steps; wall_seconds: from the previous epoch's line to this one's, of
+# which the training, evaluation (with batch-norm statistics), checkpoint and reporting are the parts.
 COLUMNS = ("epoch", "step", "loss", "accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy",
-           "lr", "seconds", "images_per_sec")
-TIMING_COLUMNS = ("seconds", "images_per_sec")  # vary from run to run; the rest is exact
+           "lr", "seconds", "images_per_sec", "evaluation_seconds", "checkpoint_seconds", "reporting_seconds",
+           "wall_seconds")
+TIMING_COLUMNS = ("seconds", "images_per_sec", "evaluation_seconds", "checkpoint_seconds", "reporting_seconds",
+                  "wall_seconds")  # vary from run to run; the rest is exact
 
 
 def atomic_write(path: Path, text: str) -> None:

@@ -37,10 +37,32 @@ def log_epoch(config: Config, row: dict, evaluation: dict, timings: dict, split:
     members = evaluation.get(f"member_{split}_accuracy")
     precise = f", precise BN {timings['precise_bn']:.2f} s" if "precise_bn" in timings else ""
     log.info("epoch %d/%d  loss %.4f  accuracy %.4f  %s loss %.4f  %s accuracy %.4f%s  %.1f s  "
-             "%.0f images/s  (evaluation %.2f s, checkpoint %.2f s%s)%s", row["epoch"], config.epochs,
+             "%.0f images/s  (evaluation %.2f s, checkpoint %.2f s%s)%s%s", row["epoch"], config.epochs,
              row["loss"], row["accuracy"], split, row[f"{split}_loss"], split, row[f"{split}_accuracy"],
              "  (best)" if best else "", row["seconds"], row["images_per_sec"], timings["evaluation"],
-             timings["checkpoint"], precise, "  members " + " ".join(f"{a:.4f}" for a in members) if members else "")
+             timings["checkpoint"], precise, "  members " + " ".join(f"{a:.4f}" for a in members) if members else "",
+             unaccounted_note(row))
+
+
+UNACCOUNTED = 0.03  # of the wall time: more than this outside the epoch's parts is worth a word
+
+
+def unaccounted(row: dict) -> float:
+    """Seconds of the epoch's wall time outside its parts (training, evaluation, checkpoint, reporting)."""
+    parts = row["seconds"] + row["evaluation_seconds"] + row["checkpoint_seconds"] + row["reporting_seconds"]
+    return row["wall_seconds"] - parts
+
+
+def unaccounted_note(row: dict) -> str:
+    """'  wall 45.1 s: 20.3 s outside training, evaluation, checkpoint and reporting', when that is
+    more than 3 % of the wall time (and 0.5 s); else ''."""
+    if "wall_seconds" not in row:
+        return ""
+    gap = unaccounted(row)
+    if gap <= max(UNACCOUNTED * row["wall_seconds"], 0.5):
+        return ""
+    return (f"  wall {row['wall_seconds']:.1f} s: {gap:.1f} s outside training, evaluation, checkpoint and "
+            "reporting")
 
 
 def log_results(results_: dict) -> None:

@@ -154,6 +154,7 @@ class Trainer:
         self.plotted = -math.inf  # when learning_curves.png was last drawn (time.monotonic)
         self.first_step_seconds: Optional[float] = None
         self.last_evaluation: dict = {}  # the latest epoch's evaluation (of the validation or test set)
+        self.line_end = time.perf_counter()  # when the latest epoch line was written (fit starts it anew)
 
     @property
     def step(self) -> int:
@@ -169,16 +170,18 @@ class Trainer:
         log.info("run %s: %d training images (%s), %d steps per epoch, checkpoints in %s",
                  self.directory.name, len(self.data.x_train), held_out, spe, self.directory)
         step, evaluation = self.step, None
+        self.line_end = time.perf_counter()  # an epoch's wall time runs from the previous epoch's line
         while step < config.epochs * spe and not self.stopped_early:
             epoch = step // spe
             if step % spe == 0:
                 self.state.reset_metrics()
             dataset = self.train_dataset(epoch, skip_batches=step % spe)
+            inputs = 0.0
             if self.summaries and evaluation is None:  # once per invocation: what the network is fed
-                reporting.write_train_inputs(next(iter(dataset))[0], step)
+                _, inputs = timed(lambda: reporting.write_train_inputs(next(iter(dataset))[0], step))
             stats = self.train_epoch(dataset, step, started)
             step += stats.steps
-            evaluation = self.end_epoch(epoch, step, stats)
+            evaluation = self.end_epoch(epoch, step, stats, inputs)
         if evaluation is None:  # already trained that far: report the checkpoint as it is
             log.info("already trained to epoch %d (step %d)%s; evaluating only", -(-step // spe), step,
                      ", where early stopping stopped it" if self.stopped_early else "")
@@ -237,9 +240,11 @@ class Trainer:
 
     # --- The epoch's end: one named call per duty ---------------------------------------
 
-    def end_epoch(self, epoch: int, step: int, stats: EpochStats) -> dict:
+    def end_epoch(self, epoch: int, step: int, stats: EpochStats, reporting_seconds: float = 0.0) -> dict:
         """Recomputes batch-norm statistics, evaluates, selects, records, saves, summarizes, draws
-        and logs; returns the evaluation."""
+        and logs; returns the evaluation. The epoch's row gets its wall time (from the previous
+        epoch's line to this one's) beside the time of its parts: training, evaluation (with the
+        batch-norm statistics), checkpoint and reporting (`reporting_seconds` of it spent before)."""
         timings = {"train": stats.seconds}
         if self.statistics:
             _, timings["precise_bn"] = timed(self.recompute_statistics)
@@ -261,7 +266,10 @@ class Trainer:
         _, timings["summaries"] = timed(self.summarize, predictions, step)
         last_epoch = step >= self.config.epochs * self.steps_per_epoch
         _, timings["curves"] = timed(self.draw_curves, last_epoch)
+        row.update(epoch_parts(timings, reporting_seconds), wall_seconds=time.perf_counter() - self.line_end)
         reporting.log_epoch(self.config, row, evaluation, timings, self.split, best)
+        self.record()  # again, with the wall time and its parts
+        self.line_end = time.perf_counter()
         if self.stopped_early:
             log.info("early stopping: %s has not improved by more than %g for %d epochs; best: epoch %d",
                      self.config.monitor, self.config.early_stopping.min_delta, int(self.state.wait.numpy()),
@@ -348,6 +356,13 @@ class Trainer:
         if reporting.curves_due(time.monotonic(), self.plotted, self.config.plot_every_n_minutes, last_epoch):
             plots.learning_curves(self.rows, self.workdir / "learning_curves.png")
             self.plotted = time.monotonic()
+
+
+def epoch_parts(timings: dict, reporting_seconds: float = 0.0) -> dict:
+    """The epoch's time by part, for metrics.csv, from `end_epoch`'s timings."""
+    return {"evaluation_seconds": timings.get("precise_bn", 0.0) + timings["evaluation"],
+            "checkpoint_seconds": timings["checkpoint"],
+            "reporting_seconds": reporting_seconds + timings["record"] + timings["summaries"] + timings["curves"]}
 
 
 def improves(value: float, reference: float, monitor: str, min_delta: float = 0.0) -> bool:

@@ -7,7 +7,7 @@ from pathlib import Path
 import tensorflow as tf
 from test_training import make_config
 
-from cnn import reporting, training
+from cnn import history, reporting, training
 
 
 def scalar_steps(directory: Path, tag: str) -> list[int]:
@@ -58,3 +58,21 @@ def test_memory_is_reported_without_proc(monkeypatch):
     assert reporting.rss_mb() > 10  # the peak, from getrusage
     monkeypatch.setitem(sys.modules, "resource", None)  # as on Windows
     assert reporting.rss_mb() is None
+
+
+def test_every_epoch_row_has_its_wall_time_and_its_parts(tmp_path):
+    training.train_and_evaluate(make_config(tmp_path, epochs=2, summaries=True), tmp_path / "run")
+    rows = history.read_rows(tmp_path / "run" / "metrics.csv")
+    for row in rows:
+        parts = [row[k] for k in ("seconds", "evaluation_seconds", "checkpoint_seconds", "reporting_seconds")]
+        assert all(p > 0 for p in parts) and row["wall_seconds"] >= sum(parts), row  # the parts lie inside it
+
+
+def test_the_epoch_line_names_time_outside_the_parts():
+    row = {"seconds": 60.0, "evaluation_seconds": 1.0, "checkpoint_seconds": 0.1, "reporting_seconds": 0.2}
+    assert reporting.unaccounted_note({**row, "wall_seconds": 62.0}) == ""  # 0.7 s of 62: 1 %
+    assert reporting.unaccounted_note({**row, "wall_seconds": 82.0}) == \
+        "  wall 82.0 s: 20.7 s outside training, evaluation, checkpoint and reporting"
+    short = {"seconds": 1.0, "evaluation_seconds": 0.1, "checkpoint_seconds": 0.0, "reporting_seconds": 0.0}
+    assert reporting.unaccounted_note({**short, "wall_seconds": 1.5}) == ""  # under half a second
+    assert reporting.unaccounted_note(row) == ""  # rows written before wall times were
