@@ -258,19 +258,39 @@ def curve_drawings(epochs: int, epoch_seconds: float, every_n_minutes: float) ->
     return drawn
 
 
+RUN_EPOCHS = 3
+
+
 def startup_times(dataset: str, data_dir: str) -> dict:
-    """`train.py --help` wall time, and the wait for the first training steps of a real run
-    (from the process start, as the run's results.json reports it)."""
+    """`train.py --help` wall time, and a real run of RUN_EPOCHS epochs: the wait for its first
+    training steps (from the process start, as its results.json reports it) and its metrics.csv
+    rows (each epoch's wall time beside its parts)."""
+    from cnn import history
+
     start = time.perf_counter()
     subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"], check=True, capture_output=True)
     help_seconds = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, str(ROOT / "train.py"), f"dataset={dataset}",
-                        f"dataset.data_dir={os.path.abspath(data_dir)}", "epochs=1",
+                        f"dataset.data_dir={os.path.abspath(data_dir)}", f"epochs={RUN_EPOCHS}",
                         f"checkpoint.dir={tmp}/ckpt", f"hydra.run.dir={tmp}/run"],
                        check=True, capture_output=True, text=True, cwd=tmp)
         results = json.loads((Path(tmp) / "run" / "results.json").read_text())
-    return {"help": help_seconds, "first_step": results["first_step_seconds"]}
+        rows = history.read_rows(Path(tmp) / "run" / "metrics.csv")
+    return {"help": help_seconds, "first_step": results["first_step_seconds"], "rows": rows}
+
+
+def epoch_table(rows: list[dict]) -> list[str]:
+    """Each epoch's wall time beside its training time and its other parts (metrics.csv)."""
+    from cnn.reporting import unaccounted
+
+    lines = ["| epoch | training | evaluation | checkpoint | reporting | wall | outside the parts |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['epoch']} | {r['seconds']:.2f} s | {r['evaluation_seconds']:.2f} s | "
+                     f"{r['checkpoint_seconds']:.2f} s | {r['reporting_seconds']:.2f} s | {r['wall_seconds']:.2f} s | "
+                     f"{unaccounted(r):.2f} s ({unaccounted(r) / r['wall_seconds']:.1%}) |")
+    return lines
 
 
 def machine() -> str:
@@ -376,9 +396,11 @@ def overhead_table(args, m: dict) -> list[str]:
                   f"before every evaluation): {recompute:.3f} s, {recompute / bn_epoch:.1%} of a float32 "
                   f"bn_cnn epoch's train-step time ({bn_epoch:.1f} s at {bn_ips:,.0f} images/s)."]
     if m["startup"]:
+        command = f"python train.py dataset={args.dataset} dataset.data_dir=... epochs={RUN_EPOCHS}"
         lines += ["", f"`python train.py --help`: {m['startup']['help']:.2f} s. First training steps of "
-                      f"`python train.py dataset={args.dataset} dataset.data_dir=... epochs=1` done "
-                      f"{m['startup']['first_step']:.1f} s after the process started."]
+                      f"`{command}` done {m['startup']['first_step']:.1f} s after the process started. "
+                      "Its epochs, wall time (from one epoch line to the next) beside the parts:", "",
+                  *epoch_table(m["startup"]["rows"])]
     return lines
 
 

@@ -30,4 +30,8 @@ def test_the_benchmark_runs_on_tiny_sizes(tmp_path, capsys):
     assert statistics and float(statistics.group(1)) > 0
     first = re.search(r"done (\d+\.\d) s after the process started", report)
     assert first and float(first.group(1)) > 0
+    epochs = [line.split("|") for line in report.splitlines() if re.match(r"\| \d \| ", line)]
+    assert [int(cells[1]) for cells in epochs] == list(range(1, bench.RUN_EPOCHS + 1))
+    for cells in epochs:  # training and wall time of every epoch of the real run
+        assert float(cells[2].split()[0]) > 0 and float(cells[6].split()[0]) >= float(cells[2].split()[0])
     assert report in capsys.readouterr().out
