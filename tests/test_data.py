@@ -254,3 +254,13 @@ def test_fingerprint_follows_content_not_place(tmp_path):
     b = data.load("mnist", str(write_idx_dataset(tmp_path / "b")))
     c = data.load("mnist", str(write_idx_dataset(tmp_path / "c", seed=1)))
     assert data.fingerprint(a) == data.fingerprint(b) != data.fingerprint(c)
+
+
+def test_no_pipeline_autotunes_its_model():
+    """tf.data's model-based autotuning stays off: with it, deleting a finished epoch's iterator
+    sometimes blocked for 10-60 s (docs/results.md, "Epoch-boundary pauses")."""
+    x, y = make_images(30)
+    x = x[..., None]
+    for ds in (data.train_dataset(x, y, 10, 0, 0, max_shift=2.0), data.test_dataset(x, y),
+               data.statistics_dataset(x, y, 10, 0, 2)):
+        assert ds.options().autotune.enabled is False
