@@ -1,5 +1,6 @@
 """Multirun sweeps: rerun after an interruption, failing jobs, the report, launchers and sweepers."""
 
+import contextlib
 import csv
 import json
 import os
@@ -127,19 +128,35 @@ def test_submitit_local_gives_every_job_a_fresh_process(tmp_path, tiny_data):
     assert {r["status"] for r in results.values()} == {"started"}
 
 
+def study_db(tmp_path) -> Path:
+    return tmp_path / "multirun" / "optuna" / "cnn" / "optuna.db"
+
+
 def study_trials(tmp_path) -> list:
+    """The study's trials, read through Optuna (only once no sweep writes to it)."""
     import cnn.optuna_search  # noqa: F401  (before optuna: quiets SQLAlchemy's 2.0 warning)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    path = tmp_path / "multirun" / "optuna" / "cnn" / "optuna.db"
-    if not path.exists():
-        return []
-    storage = f"sqlite:///{path}"
+    return optuna.load_study(study_name="cnn", storage=f"sqlite:///{study_db(tmp_path)}").get_trials(deepcopy=False)
+
+
+def trials_so_far(tmp_path) -> tuple[int, bool]:
+    """(complete trials, whether a running trial has its parameters), read-only from the SQLite
+    file while a sweep writes it: opening it through Optuna would create its tables, racing the
+    sweep's own creation of them."""
+    import sqlite3
+
+    if not study_db(tmp_path).exists():
+        return 0, False
     try:
-        return optuna.load_study(study_name="cnn", storage=storage).get_trials(deepcopy=False)
-    except KeyError:  # not created yet
-        return []
+        with contextlib.closing(sqlite3.connect(f"file:{study_db(tmp_path)}?mode=ro", uri=True, timeout=5)) as db:
+            complete = db.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
+            running = db.execute("SELECT COUNT(*) FROM trials t WHERE t.state = 'RUNNING' AND EXISTS "
+                                 "(SELECT 1 FROM trial_params p WHERE p.trial_id = t.trial_id)").fetchone()[0]
+    except sqlite3.OperationalError:  # its tables are not there yet, or it is locked for a write
+        return 0, False
+    return complete, running > 0
 
 
 @pytest.mark.slow
@@ -159,8 +176,10 @@ def test_an_optuna_study_killed_midway_finishes_when_rerun_without_repeating_a_t
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     # Kill inside the third trial, once it has its parameters and has had time to save a step.
-    while not (sum(t.state == TrialState.COMPLETE for t in study_trials(tmp_path)) >= 2
-               and any(t.state == TrialState.RUNNING and t.params for t in study_trials(tmp_path))):
+    while True:
+        complete, running = trials_so_far(tmp_path)
+        if complete >= 2 and running:
+            break
         assert proc.poll() is None and time.monotonic() < deadline, "the sweep ended before the kill"
         time.sleep(0.05)
     time.sleep(1.5)
