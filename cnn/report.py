@@ -65,7 +65,7 @@ def swept_keys(jobs: list[dict]) -> list[str]:
 def objective_name(jobs: list[dict]) -> str:
     """What the jobs' objective is: their monitor (e.g. val_accuracy), or "objective" when they differ."""
     names = {job["results"].get("monitor", "test_accuracy") for job in jobs
-             if job["results"].get("status") not in ("failed", "unfinished", "interrupted")}
+             if job["results"].get("status") not in ("failed", "unfinished")}
     return names.pop() if len(names) == 1 else "objective"
 
 
