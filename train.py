@@ -23,6 +23,7 @@ from cnn.config import explain, register_configs, to_config  # noqa: E402
 from cnn.console import import_tensorflow  # noqa: E402
 from cnn.errors import CnnError  # noqa: E402
 from cnn.history import write_json  # noqa: E402
+from cnn.stopping import Stopped  # noqa: E402
 
 log = logging.getLogger("train")
 register_configs()
@@ -56,6 +57,11 @@ def main(cfg: DictConfig) -> float:
             log.warning("dataset.validation_split=0: this job's objective is its test accuracy; a sweep "
                         "that picks by it selects on the test set")
         return results.get("objective", results["test_accuracy"])
+    except Stopped as e:  # a polite stop (SIGINT, SIGTERM): saved; a sweep stops too
+        log.warning("%s", e)
+        if e.chained is not None:  # a launcher's own handler (submitit: requeue the job)
+            e.chained(e.signum, None)
+        sys.exit(e.exit_code)
     except Exception as e:  # noqa: BLE001  (a multirun goes on; a single run stops)
         if isinstance(e, CnnError):
             log.error("%s", e)
@@ -76,6 +82,10 @@ def run() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing
     try:
         main()
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (which stops politely)
+        print("error: interrupted (Ctrl-C) outside the training loop; what was saved is kept; rerun the command "
+              "to resume", file=sys.stderr)
+        sys.exit(130)
     except Exception as e:  # noqa: BLE001
         message = None if own_report else explain(e)
         if message is None:

@@ -75,6 +75,13 @@ class CheckpointConfig:
 
 
 @dataclass
+class DistributeConfig:
+    name: str  # none | mirrored | multi_worker
+    logical_cpus: Optional[int]  # mirrored without GPUs: this many logical CPU devices; null: the GPUs
+    timeout_seconds: float  # multi_worker: how long to wait for the other workers at the start
+
+
+@dataclass
 class Config:
     dataset: DatasetConfig
     model: ModelConfig
@@ -96,6 +103,7 @@ class Config:
     monitor: str  # val_accuracy | val_loss: selects the best checkpoint (and drives early stopping)
     early_stopping: EarlyStoppingConfig
     checkpoint: CheckpointConfig
+    distribute: DistributeConfig
 
 
 MODES = ("train", "eval")
@@ -103,6 +111,7 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 SCHEDULES = ("constant", "exponential", "cosine")
 MONITORS = ("val_accuracy", "val_loss")
 EVAL_CHECKPOINTS = ("best", "latest")
+STRATEGIES = ("none", "mirrored", "multi_worker")
 
 # Keys that do not change what a run computes: changing them continues the
 # same run (same checkpoint directory). Everything else is the run's identity.
@@ -118,6 +127,7 @@ NOT_IDENTITY = (
     "plot_every_n_minutes",
     "checkpoint",
     "early_stopping",  # decides when to stop, like `epochs`: the epochs it runs are the same
+    "distribute",  # where the steps run: a run may move between devices (same results up to rounding)
     "dataset.data_dir",
     "dataset.download",
 )
@@ -264,6 +274,14 @@ def validate(config: Config) -> None:
         (config.checkpoint.every_n_minutes is None or config.checkpoint.every_n_minutes > 0,
          f"checkpoint.every_n_minutes={config.checkpoint.every_n_minutes}: must be > 0 or null"),
         (bool(config.resume), "resume='': use auto, never, or a checkpoint path"),
+        (config.distribute.name in STRATEGIES,
+         f"distribute={config.distribute.name}: must be one of {', '.join(STRATEGIES)}"),
+        (config.distribute.logical_cpus is None or config.distribute.logical_cpus >= 1,
+         f"distribute.logical_cpus={config.distribute.logical_cpus}: must be >= 1, or null (the GPUs)"),
+        (config.distribute.logical_cpus is None or config.distribute.name == "mirrored",
+         "distribute.logical_cpus is for distribute=mirrored only"),
+        (config.distribute.timeout_seconds > 0,
+         f"distribute.timeout_seconds={config.distribute.timeout_seconds}: must be > 0"),
     ]
     for ok, message in checks:
         if not ok:

@@ -172,20 +172,23 @@ def restore_given(state: TrainState, resume: str, ident: dict) -> str:
     return str(given)
 
 
-def restore_or_start(config: Config, state: TrainState, directory: Path, ident: dict) -> str:
+def restore_or_start(config: Config, state: TrainState, directory: Path, ident: dict, owner: bool = True) -> str:
     """Applies `resume`: the run's own latest checkpoint, else a given path, else scratch.
 
     `resume=<path>` seeds a run whose own directory is still empty; once the run has
     saved, rerunning the command continues from its own checkpoints.
+    `owner`: this process writes the directory (False: a multi-worker run's other workers,
+    which read the chief's checkpoints and change nothing there).
     Returns how the run begins, "resumed" or "started"; logs which checkpoint, if any.
     """
     if config.resume == "never":
-        if any(entry.name != LOCK_FILE for entry in directory.iterdir()):
+        if owner and any(entry.name != LOCK_FILE for entry in directory.iterdir()):
             log.info("resume=never: moved what was in %s to %s", directory, move_aside_contents(directory))
         log.info("starting from scratch")
         return "started"
-    check_identity(directory, ident)
-    path = restore_latest(state.checkpoint, directory)
+    if directory.is_dir():
+        check_identity(directory, ident)
+    path = restore_latest(state.checkpoint, directory, repair=owner) if directory.is_dir() else None
     if path is not None:
         log.info("resumed from %s", path)
     elif config.resume != "auto":

@@ -40,11 +40,27 @@ def grad(model, images, labels, optimizer=None):
 
     With an `optimizer`, the loss is differentiated through `optimizer.scale_loss`:
     a no-op but for float16's LossScaleOptimizer, whose apply_gradients unscales.
+    On one of several replicas (tf.distribute), each replica differentiates its share of
+    the global batch's mean loss, as `tf.nn.compute_average_loss` scales it, so that the
+    gradients the optimizer sums over the replicas are those of the global batch.
     """
     with tf.GradientTape() as tape:
         loss, logits = loss_fn(model, images, labels, training=True)
-        scaled = optimizer.scale_loss(loss) if optimizer is not None else loss
+        share = replica_share(labels)
+        objective = loss if share is None else loss * share
+        scaled = optimizer.scale_loss(objective) if optimizer is not None else objective
     return loss, logits, tape.gradient(scaled, model.trainable_variables)
+
+
+def replica_share(labels):
+    """This replica's fraction of the global batch under a distribution strategy with several
+    replicas (its images over all replicas' images, which may differ in the last batch);
+    None on one device."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return None
+    count = tf.cast(tf.shape(labels)[0], tf.float32)
+    return tf.math.divide_no_nan(count, context.all_reduce(tf.distribute.ReduceOp.SUM, count))
 
 
 def train_step(model, optimizer, batch):
@@ -55,7 +71,7 @@ def train_step(model, optimizer, batch):
     return loss, logits, grads
 
 
-def make_train_loop(state, element_spec, summaries: bool = False) -> Callable:
+def make_train_loop(state, element_spec, summaries: bool = False, strategy=None, stop=None) -> Callable:
     """Compiles `loop(iterator, num_steps)`: `num_steps` training steps of `state` (a
     cnn.state.TrainState) in one call.
 
@@ -65,28 +81,48 @@ def make_train_loop(state, element_spec, summaries: bool = False) -> Callable:
     and learning rate to the default tf.summary writer when its record_if holds. The
     signature is fixed (free batch size, tensor step count), so nothing retraces:
     one trace per run.
+
+    With a `strategy` (cnn.distribute), `train_step` runs on every replica (`strategy.run`)
+    on its part of a distributed batch; the metrics sum over the replicas (Keras metric
+    variables are synchronized on read), and the loss written to the summaries is the mean of
+    the replicas' (the gradient norm is left out: the optimizer sums the replicas' gradients
+    inside apply_gradients). `stop`: a tf.Variable(bool) read before each step; when set, the
+    call ends early (state.step says how far it went).
     """
-    def step(batch):
+    def replica_step(batch):
         loss, logits, grads = train_step(state.model, state.optimizer, batch)
         labels = batch[1]
+        state.loss.update_state(loss, sample_weight=tf.cast(tf.shape(labels)[0], tf.float32))
+        state.accuracy.update_state(labels, predict(logits))
+        return loss, grads
+
+    def step(batch):
+        if strategy is None:
+            loss, grads = replica_step(batch)
+        else:
+            loss = strategy.reduce(tf.distribute.ReduceOp.MEAN,
+                                   strategy.run(lambda b: replica_step(b)[0], args=(batch,)), axis=None)
+            grads = None
         if summaries:  # decided at trace time: tf.summary needs TensorBoard installed
             with tf.name_scope("train/"):  # absolute: no "while/" prefix from the loop
                 tf.summary.scalar("loss", loss, step=state.step)
-                tf.summary.scalar("grad_norm", tf.linalg.global_norm(grads), step=state.step)
+                if grads is not None:
+                    tf.summary.scalar("grad_norm", tf.linalg.global_norm(grads), step=state.step)
                 tf.summary.scalar("learning_rate", state.optimizer.learning_rate, step=state.step)
-        state.loss.update_state(loss, sample_weight=tf.cast(tf.shape(labels)[0], tf.float32))
-        state.accuracy.update_state(labels, predict(logits))
         state.step.assign_add(1)
         # Remember the first step whose loss was not finite; read at save points only.
         first_bad = tf.logical_and(tf.logical_not(tf.math.is_finite(loss)), state.nonfinite_step < 0)
         state.nonfinite_step.assign(tf.where(first_bad, state.step, state.nonfinite_step))
 
-    @tf.function(input_signature=[tf.data.IteratorSpec(element_spec), tf.TensorSpec([], tf.int32)])
     def loop(iterator, num_steps):
         for _ in tf.range(num_steps):
+            if stop is not None and stop:
+                break
             step(next(iterator))
 
-    return loop
+    if strategy is None:
+        return tf.function(loop, input_signature=[tf.data.IteratorSpec(element_spec), tf.TensorSpec([], tf.int32)])
+    return tf.function(loop)  # traced once per run too: every epoch's distributed iterator has one type
 
 
 def make_evaluate(model, element_spec) -> Callable:

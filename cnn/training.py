@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
@@ -29,12 +31,13 @@ import numpy as np
 import tensorflow as tf
 
 from cnn import data as data_lib
-from cnn import history, plots, precise_bn, reporting, run
+from cnn import distribute, history, plots, precise_bn, reporting, run
 from cnn.checkpoint import keep_best, make_manager, restore, write_identity
 from cnn.config import Config
 from cnn.errors import TrainingError
 from cnn.state import TrainState
 from cnn.steps import make_evaluate, make_train_loop
+from cnn.stopping import WATCHED_SIGNALS, StopRequest, Stopped, signal_name
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,9 @@ def train_and_evaluate(config: Config, workdir: str | Path, started: Optional[fl
     summaries into `workdir` (metrics and results also into the checkpoint
     directory, which keeps the run's whole history). Returns the results.
     `started`: a time.time() to measure the wait for the first steps from (default: now).
+    Under `distribute=multi_worker` every worker calls it; the chief writes those files, and
+    the other workers save their checkpoints into temporary directories, removed at the end.
+    Raises cnn.stopping.Stopped after a polite stop (SIGINT, SIGTERM) has saved.
     """
     started = time.time() if started is None else started
     workdir = Path(workdir)
@@ -56,12 +62,16 @@ def train_and_evaluate(config: Config, workdir: str | Path, started: Optional[fl
     finished = run.finished_results(config, directory, ident)
     if finished is not None:
         return reporting.report_skipped(finished, directory, workdir)
+    placement = distribute.create(config)  # before anything runs on the devices
     run.setup(config)
-    state = run.create_state(config, data)
+    with placement.scope():
+        state = run.create_state(config, data)
+    if not placement.chief:
+        return train_as_worker(config, state, data, directory, ident, placement, workdir, started)
     with run.claimed(directory), reporting.summary_writer(config, workdir, state.step) as summaries:
         status = run.restore_or_start(config, state, directory, ident)
         write_identity(directory, ident, directory.name)
-        trainer = Trainer(config, state, data, directory, workdir, summaries)
+        trainer = Trainer(config, state, data, directory, workdir, summaries, placement)
         if summaries:
             reporting.write_hparams(ident, directory.name)
         trainer.fit(started)
@@ -74,6 +84,22 @@ def train_and_evaluate(config: Config, workdir: str | Path, started: Optional[fl
     reporting.write_results(results, workdir, directory)
     reporting.log_results(results)
     return results
+
+
+def train_as_worker(config: Config, state: TrainState, data: data_lib.Data, directory: Path, ident: dict,
+                    placement: distribute.Distribution, workdir: Path, started: float) -> dict:
+    """A multi-worker run's other workers: the same steps and saves as the chief (saving is
+    collective), restored from the chief's directory, saved into a temporary one."""
+    status = run.restore_or_start(config, state, directory, ident, owner=False)
+    aside = Path(tempfile.mkdtemp(prefix=f"{directory.name}-worker{placement.worker}-"))
+    try:
+        trainer = Trainer(config, state, data, directory, workdir, False, placement, save_into=aside)
+        trainer.fit(started)
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
+    log.info("worker %d: trained to step %d; the chief writes the results", placement.worker, trainer.step)
+    return {"status": status, "worker": placement.worker, "step": trainer.step,
+            "objective": float("nan"), "test_accuracy": float("nan")}
 
 
 class Cadence:
@@ -130,11 +156,14 @@ class Trainer:
     """One run's outer loop over a restored (or fresh) `TrainState`."""
 
     def __init__(self, config: Config, state: TrainState, data: data_lib.Data, directory: Path,
-                 workdir: Path, summaries: bool):
+                 workdir: Path, summaries: bool, placement: Optional[distribute.Distribution] = None,
+                 save_into: Optional[Path] = None):
         self.config, self.state, self.data = config, state, data
         self.directory, self.workdir, self.summaries = directory, workdir, summaries
+        self.placement = placement or distribute.Distribution()
+        self.chief = self.placement.chief  # writes the run's files; the others only train and save
         self.steps_per_epoch = data_lib.steps_per_epoch(len(data.x_train), config.batch_size)
-        self.manager = make_manager(state, directory, config.checkpoint.keep)
+        self.manager = make_manager(state, save_into or directory, config.checkpoint.keep)
         self.test_ds = data_lib.test_dataset(data.x_test, data.y_test)
         # Each epoch is evaluated on the validation set, or with none, on the test set (the book).
         self.validating = data.x_val is not None
@@ -145,8 +174,13 @@ class Trainer:
         self.statistics = precise_bn.create(state.model, config.precise_bn.batches, self.test_ds.element_spec)
         self.statistics_ds = data_lib.statistics_dataset(data.x_train, data.y_train, config.batch_size, config.seed,
                                                          config.precise_bn.batches) if self.statistics else None
-        self.loop = make_train_loop(state, self.test_ds.element_spec, summaries)
-        if self.validating and int(state.best_step.numpy()) >= 0:  # a kill between a save and its copy
+        # Ctrl-C and SIGTERM end the compiled loop after the step it is in. Several workers must
+        # stop at the same step: they agree between calls instead (`stop_agreed`).
+        self.stop_flag = tf.Variable(False, trainable=False) if self.placement.workers == 1 else None
+        self.loop = make_train_loop(state, self.test_ds.element_spec, summaries, self.placement.strategy,
+                                    self.stop_flag)
+        self.stop = StopRequest(self.stop_flag)
+        if self.chief and self.validating and int(state.best_step.numpy()) >= 0:  # a kill between a save and its copy
             keep_best(directory, int(state.best_step.numpy()))
         self.cadence = Cadence(config.checkpoint.every_n_steps, config.checkpoint.every_n_minutes)
         done = self.step // self.steps_per_epoch  # rows of epochs past the checkpoint are dropped
@@ -169,19 +203,25 @@ class Trainer:
                     else "none held out: the test set is evaluated each epoch")
         log.info("run %s: %d training images (%s), %d steps per epoch, checkpoints in %s",
                  self.directory.name, len(self.data.x_train), held_out, spe, self.directory)
+        log.info("placement: %s", self.placement.describe(config.batch_size))
         step, evaluation = self.step, None
         self.line_end = time.perf_counter()  # an epoch's wall time runs from the previous epoch's line
-        while step < config.epochs * spe and not self.stopped_early:
-            epoch = step // spe
-            if step % spe == 0:
-                self.state.reset_metrics()
-            dataset = self.train_dataset(epoch, skip_batches=step % spe)
-            inputs = 0.0
-            if self.summaries and evaluation is None:  # once per invocation: what the network is fed
-                _, inputs = timed(lambda: reporting.write_train_inputs(next(iter(dataset))[0], step))
-            stats = self.train_epoch(dataset, step, started)
-            step += stats.steps
-            evaluation = self.end_epoch(epoch, step, stats, inputs)
+        with self.stop:
+            while step < config.epochs * spe and not self.stopped_early:
+                epoch = step // spe
+                if step % spe == 0:
+                    self.state.reset_metrics()
+                dataset = self.train_dataset(epoch, skip_batches=step % spe)
+                inputs = 0.0
+                if self.summaries and evaluation is None:  # once per invocation: what the network is fed
+                    _, inputs = timed(lambda: reporting.write_train_inputs(next(iter(dataset))[0], step))
+                stats = self.train_epoch(self.placement.distribute(dataset), step, started)
+                step += stats.steps
+                if step < (epoch + 1) * spe:  # only a signal ends an epoch early
+                    self.stop_here(step)
+                evaluation = self.end_epoch(epoch, step, stats, inputs)
+                if self.stop_agreed(step) and step < config.epochs * spe:
+                    self.stop_here(step)
         if evaluation is None:  # already trained that far: report the checkpoint as it is
             log.info("already trained to epoch %d (step %d)%s; evaluating only", -(-step // spe), step,
                      ", where early stopping stopped it" if self.stopped_early else "")
@@ -214,17 +254,19 @@ class Trainer:
         config, spe = self.config, self.steps_per_epoch
         epoch_start = start_step // spe * spe
         end = epoch_start + spe
-        bar = progress_bar(config.progress, spe, start_step - epoch_start)
+        # Several workers read the metrics together (a collective): no bar but on a request for all.
+        shown = config.progress if self.placement.workers == 1 else bool(config.progress)
+        bar = progress_bar(shown, spe, start_step - epoch_start)
         every_bar = max(1, spe // 50)  # bar updates read the device: at most 50 an epoch
         step, iterator = start_step, iter(dataset)
         start = time.perf_counter()
-        while step < end:
+        while step < end and not self.stop_agreed(step):
             n = next_chunk(step, end, config.steps_per_loop, config.checkpoint.every_n_steps)
             self.loop(iterator, tf.constant(n, tf.int32))
             if self.first_step_seconds is None:
                 self.first_steps_done(n, started)
-            step += n
-            if step < end and self.cadence.due(step):
+            step, n = self.step, self.step - step  # fewer than asked when a signal stopped the call
+            if step < end and self.save_due(step):
                 self.save(step)
             if bar is not None and (step // every_bar != (step - n) // every_bar or step == end):
                 bar.update(step - epoch_start, [("loss", float(self.state.loss.result())),
@@ -232,6 +274,37 @@ class Trainer:
         seconds = time.perf_counter() - start
         done = lambda s: min((s - epoch_start) * config.batch_size, len(self.data.x_train))  # images
         return EpochStats(step - start_step, done(step) - done(start_step), seconds)
+
+    def save_due(self, step: int) -> bool:
+        """Whether a mid-epoch checkpoint is due. Every worker saves at the same steps (saving
+        is collective), so the clock of one decides for all."""
+        return self.placement.any_of([self.cadence.due(step)])[0]
+
+    def stop_agreed(self, step: int) -> bool:
+        """Whether a signal asked this process (or, with several workers, any of them) to stop.
+        Several workers ask each other at every call, so that all stop at the same step."""
+        if self.placement.workers == 1:
+            return bool(self.stop.signum)
+        seen = self.placement.any_of([self.stop.signum == s for s in WATCHED_SIGNALS])
+        agreed = next((s for s, flag in zip(WATCHED_SIGNALS, seen) if flag), 0)
+        if agreed:
+            self.stop.signum = agreed
+        return bool(agreed)
+
+    def stop_here(self, step: int) -> None:
+        """Saves the step reached (unless saved already) and raises Stopped: the polite stop."""
+        latest = self.manager.latest_checkpoint
+        if latest is None or not latest.endswith(f"-{step}"):
+            self.save(step)
+        where = self.manager.latest_checkpoint if self.chief else str(self.directory)
+        spe = self.steps_per_epoch
+        message = (f"stopped by {signal_name(self.stop.signum)} at step {step} (epoch {step // spe + 1}, "
+                   f"{step % spe} of {spe} steps done); saved {where}; rerun the command to resume")
+        if self.chief:
+            history.write_json(self.workdir / "results.json", {
+                "status": "stopped", "signal": signal_name(self.stop.signum), "step": step,
+                "checkpoint": self.manager.latest_checkpoint})
+        raise Stopped(message, self.stop.signum, self.stop.chained())
 
     def first_steps_done(self, steps: int, started: float) -> None:
         self.state.step.numpy()  # wait for the device
@@ -261,7 +334,7 @@ class Trainer:
         # The row goes first: if the save below never happens, the resumed run drops it.
         _, timings["record"] = timed(self.record)
         _, timings["checkpoint"] = timed(self.save, step)
-        if best:
+        if best and self.chief:
             keep_best(self.directory, step)
         _, timings["summaries"] = timed(self.summarize, predictions, step)
         last_epoch = step >= self.config.epochs * self.steps_per_epoch
@@ -315,10 +388,16 @@ class Trainer:
         best_row = next((r for r in self.rows if r["step"] == best_step),  # no metrics.csv: the state's record
                         {"epoch": -(-best_step // self.steps_per_epoch),
                          self.config.monitor: float(self.state.best_value.numpy())})
-        restore(self.state.checkpoint, path)
+        if self.placement.workers == 1:
+            restore(self.state.checkpoint, path)
+            test = self.evaluate_test()
+            restore(self.state.checkpoint, self.manager.latest_checkpoint)  # the state is the last one again
+        else:  # restoring the shared state is collective, and the other workers are done: a copy of one's own
+            copy = run.create_state(self.config, self.data)
+            restore(copy.checkpoint, path)
+            test = make_evaluate(copy.model, self.test_ds.element_spec)(self.test_ds, "test")[0]
         selected = {"epoch": best_row["epoch"], "step": best_step, "checkpoint": path,
-                    **{k: v for k, v in best_row.items() if k.startswith("val_")}, **self.evaluate_test()}
-        restore(self.state.checkpoint, self.manager.latest_checkpoint)  # the state is the last one again
+                    **{k: v for k, v in best_row.items() if k.startswith("val_")}, **test}
         return {"selected": selected, "last": last}
 
     def evaluate_test(self) -> dict:
@@ -337,6 +416,8 @@ class Trainer:
 
     def record(self) -> None:
         """metrics.csv, in the checkpoint directory (the run's whole history) and in workdir."""
+        if not self.chief:
+            return
         history.write_rows(self.directory / "metrics.csv", self.rows)
         history.write_rows(self.workdir / "metrics.csv", self.rows)
 
@@ -353,7 +434,7 @@ class Trainer:
 
     def draw_curves(self, last_epoch: bool) -> None:
         """learning_curves.png, after the last epoch and at most every plot_every_n_minutes."""
-        if reporting.curves_due(time.monotonic(), self.plotted, self.config.plot_every_n_minutes, last_epoch):
+        if self.chief and reporting.curves_due(time.monotonic(), self.plotted, self.config.plot_every_n_minutes, last_epoch):
             plots.learning_curves(self.rows, self.workdir / "learning_curves.png")
             self.plotted = time.monotonic()
 
