@@ -19,9 +19,8 @@ import dataclasses
 import json
 import logging
 import os
-import socket
+import subprocess
 import sys
-import threading
 from typing import Optional
 
 import tensorflow as tf
@@ -176,37 +175,50 @@ def check_tf_config(raw: str) -> dict:
 
 def _multi_worker(timeout_seconds: float) -> tf.distribute.Strategy:
     """MultiWorkerMirroredStrategy; its creation waits for every worker. After `timeout_seconds`,
-    one line names the workers that do not answer, and the process exits (status 1)."""
+    one line names the workers that do not answer, and the process ends (killed: status 137).
+
+    The wait happens inside TensorFlow without releasing Python's lock, so no thread or signal
+    handler of this process could end it: a small watchdog process does, unless told (its
+    stdin closed) that the cluster assembled.
+    """
     resolver = cluster_resolver()
     spec = resolver.cluster_spec().as_dict()
     own = spec[resolver.task_type][resolver.task_id]
     peers = [address for tasks in spec.values() for address in tasks if address != own]
-    watchdog = threading.Timer(timeout_seconds, _unreachable, args=(peers, timeout_seconds))
-    watchdog.daemon = True
-    watchdog.start()
+    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(timeout_seconds), *peers],
+                                stdin=subprocess.PIPE)
     try:
         strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    except tf.errors.OpError as e:
+        raise ConfigError(f"distribute=multi_worker: this worker could not start at {own} "
+                          f"({e.message.strip().splitlines()[0]}); is the port in use?") from None
     finally:
-        watchdog.cancel()
+        watchdog.stdin.close()
+        watchdog.wait()
     log.info("worker %s:%d of the cluster %s", resolver.task_type, resolver.task_id, json.dumps(spec))
     return strategy
 
 
-def _unreachable(peers: list[str], timeout_seconds: float) -> None:
-    """Ends a process whose cluster did not assemble: the creation of the strategy blocks in
-    TensorFlow and cannot be interrupted."""
-    silent = [address for address in peers if not _answers(address)]
-    who = ", ".join(silent) if silent else ", ".join(peers) + " (they accept connections but did not join)"
-    sys.stderr.write(f"error: distribute=multi_worker: no answer within {timeout_seconds:g} s from {who}; start "
-                     "every worker with the same TF_CONFIG cluster (or raise distribute.timeout_seconds)\n")
-    sys.stderr.flush()
-    os._exit(1)
-
-
-def _answers(address: str) -> bool:
+# Waits for its stdin to close (the cluster assembled) for at most TIMEOUT seconds; else names the
+# workers that do not accept connections and ends the waiting process. Arguments: PID TIMEOUT PEER...
+_WATCHDOG = r"""
+import os, select, signal, socket, sys, time
+pid, timeout, peers = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
+if select.select([sys.stdin], [], [], timeout)[0]:
+    sys.exit(0)
+def answers(address):
     host, _, port = address.rpartition(":")
     try:
-        with socket.create_connection((host, int(port)), timeout=2):
-            return True
+        socket.create_connection((host, int(port)), timeout=2).close()
+        return True
     except (OSError, ValueError):
         return False
+silent = [a for a in peers if not answers(a)]
+who = ", ".join(silent) if silent else ", ".join(peers) + " (they accept connections but did not join)"
+sys.stderr.write(f"error: distribute=multi_worker: no answer within {timeout:g} s from {who}; start every "
+                 "worker with the same TF_CONFIG cluster (or raise distribute.timeout_seconds)\n")
+sys.stderr.flush()
+os.kill(pid, signal.SIGTERM)
+time.sleep(5)
+os.kill(pid, signal.SIGKILL)  # TensorFlow catches SIGTERM while it waits for the cluster
+"""

@@ -3,7 +3,10 @@ checkpointable object."""
 
 from __future__ import annotations
 
+import hashlib
+
 import keras
+import numpy as np
 import tensorflow as tf
 
 
@@ -50,6 +53,13 @@ class TrainState:
         missing = [v.path for v in model.weights if id(v) not in tracked]
         if missing:  # e.g. models kept in a list: Keras sees them, tf.train.Checkpoint does not
             raise ValueError(f"model variables a checkpoint would not save: {', '.join(missing[:5])}")
+
+    def weights_digest(self) -> str:
+        """A short SHA-256 of the model's weights, to compare runs (and workers) at a glance."""
+        digest = hashlib.sha256()
+        for weight in self.model.weights:
+            digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+        return digest.hexdigest()[:16]
 
     def reset_metrics(self) -> None:
         self.loss.reset_state()

@@ -79,6 +79,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, started: Optional[fl
         results = reporting.results(config, trainer.rows, final, trainer.step, directory,
                                     trainer.manager.latest_checkpoint, status, trainer.first_step_seconds,
                                     trainer.stopped_early)
+        results["weights_digest"] = state.weights_digest()  # the last checkpoint's weights
         if summaries:
             reporting.write_final_summaries(results, trainer.step)
     reporting.write_results(results, workdir, directory)
@@ -97,8 +98,10 @@ def train_as_worker(config: Config, state: TrainState, data: data_lib.Data, dire
         trainer.fit(started)
     finally:
         shutil.rmtree(aside, ignore_errors=True)
-    log.info("worker %d: trained to step %d; the chief writes the results", placement.worker, trainer.step)
-    return {"status": status, "worker": placement.worker, "step": trainer.step,
+    digest = state.weights_digest()
+    log.info("worker %d: trained to step %d (weights %s); the chief writes the results", placement.worker,
+             trainer.step, digest)
+    return {"status": status, "worker": placement.worker, "step": trainer.step, "weights_digest": digest,
             "objective": float("nan"), "test_accuracy": float("nan")}
 
 
