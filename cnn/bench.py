@@ -112,6 +112,79 @@ def prepare_loop(config, data, steps: int):
     return run
 
 
+def prepare_distributed_loop(config, data, steps: int, strategy):
+    """`prepare_loop` under a tf.distribute strategy: the same loop, `strategy.run` per step,
+    the global batch split between the replicas."""
+    import tensorflow as tf
+
+    from cnn import run as run_lib
+    from cnn.distribute import Distribution
+    from cnn.steps import make_train_loop
+
+    run_lib.setup(config)
+    placement = Distribution(strategy, strategy.num_replicas_in_sync)
+    with placement.scope():
+        state = run_lib.create_state(config, data)
+    ds = input_pipeline(data, config.batch_size)
+    loop = make_train_loop(state, ds.element_spec, strategy=strategy)
+    iterator = iter(placement.distribute(ds))
+
+    def run():
+        done = 0
+        while done < steps:
+            n = min(config.steps_per_loop, steps - done)
+            loop(iterator, tf.constant(n, tf.int32))
+            done += n
+        state.step.numpy()
+
+    run()
+    return run
+
+
+def measure_replicas(args) -> dict:
+    """Images/s of the book CNN against the number of replicas of `distribute=mirrored`: over
+    that many GPUs when there are, else over logical CPUs (split once, before anything runs);
+    with one device and no strategy, and with Keras fit, for reference, in the same turns."""
+    import tensorflow as tf
+
+    from cnn import data as data_lib
+    from cnn.distribute import configure_logical_cpus
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        configure_logical_cpus(max(args.replicas))
+    devices = [d.name for d in tf.config.list_logical_devices("GPU" if gpus else "CPU")]
+    data = data_lib.load(args.dataset, args.data_dir, download=False)
+    config = config_for(args.dataset, args.data_dir, "float32", max(args.steps_per_loop), args.batch_size)
+    peaks = {p: matmul_peak(p) for p in ("float32", "bfloat16")}
+    contenders = [("Keras `Model.fit`, one device", prepare_fit(config, data, args.steps)),
+                  ("our loop, `distribute=none`", prepare_loop(config, data, args.steps))]
+    for k in args.replicas:
+        if k > len(devices):
+            continue
+        strategy = tf.distribute.MirroredStrategy(devices[:k])
+        contenders.append((f"our loop, `distribute=mirrored`, {k} replica{'s' if k > 1 else ''} "
+                           f"({'GPUs' if gpus else 'logical CPUs'})",
+                           prepare_distributed_loop(config, data, args.steps, strategy)))
+    turns = round_robin([fn for _, fn in contenders], args.repeats)
+    images = args.steps * args.batch_size
+    return {"peaks": peaks, "gpus": len(gpus), "config": config,
+            "rows": [(what, images / statistics.median(t), images / min(t)) for (what, _), t in zip(contenders, turns)]}
+
+
+def replica_table(args, m: dict) -> list[str]:
+    where = f"{m['gpus']} GPU(s)" if m["gpus"] else f"{os.cpu_count()} cores split into logical CPU devices"
+    lines = [f"Machine: {machine()}.", "",
+             f"Book CNN, float32, global batch {args.batch_size} (split between the replicas), {args.dataset}, "
+             f"steps_per_loop={m['config'].steps_per_loop}; {args.steps} steps per repetition, {args.repeats} "
+             f"repetitions in turns after two warm-ups; {where}. Matmul peak measured in the same run: "
+             + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in m["peaks"].items()) + ".", "",
+             "| what | images/s (median) | best turn | vs `distribute=none` |", "|---|---:|---:|---:|"]
+    reference = m["rows"][1][1]
+    return lines + [f"| {what} | {median:,.0f} | {best:,.0f} | {median / reference:.2f}x |"
+                    for what, median, best in m["rows"]]
+
+
 def prepare_fit(config, data, steps: int):
     """Keras Model.fit of the same model, warmed up; `run()` is one fit epoch of `steps`
     steps and returns that epoch's time, from Keras' own epoch callbacks."""
@@ -414,12 +487,22 @@ def main(argv=None) -> None:
     parser.add_argument("--steps-per-loop", type=int, nargs="+", default=[1, 10, 100])
     parser.add_argument("--no-startup", dest="startup", action="store_false",
                         help="skip timing `train.py --help` and a real run's first steps")
+    parser.add_argument("--replicas", type=int, nargs="+",
+                        help="instead: images/s against the replicas of distribute=mirrored, e.g. --replicas 1 2 "
+                             "(GPUs, or logical CPUs without them); in a fresh process")
     parser.add_argument("--out", help="also write the Markdown report here")
     args = parser.parse_args(argv)
 
     from cnn.console import import_tensorflow
 
     import_tensorflow()
+    if args.replicas:
+        m = measure_replicas(args)
+        report = "\n".join(replica_table(args, m)) + "\n"
+        print(report)
+        if args.out:
+            Path(args.out).write_text(report)
+        return
     m = measure(args)
     for what, precision, i in m["rows"] + m["bn_rows"]:
         print(f"  {what:<40} {precision:<15} {i:8.0f} images/s", flush=True)

@@ -1,10 +1,12 @@
 """The benchmark end to end on tiny sizes: every table filled from the loop's own calls."""
 
 import re
+import subprocess
+import sys
 
 import keras
 import pytest
-from conftest import SAMPLE
+from conftest import ROOT, SAMPLE
 
 from cnn import bench
 
@@ -35,3 +37,21 @@ def test_the_benchmark_runs_on_tiny_sizes(tmp_path, capsys):
     for cells in epochs:  # training and wall time of every epoch of the real run
         assert float(cells[2].split()[0]) > 0 and float(cells[6].split()[0]) >= float(cells[2].split()[0])
     assert report in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_replica_benchmark_runs_on_tiny_sizes(tmp_path):
+    """`--replicas` splits the CPU into logical devices, which TensorFlow allows once per process,
+    before anything runs: in its own process."""
+    out = tmp_path / "replicas.md"
+    proc = subprocess.run([sys.executable, "-m", "cnn.bench", "--dataset", "mnist", "--data-dir", str(SAMPLE),
+                           "--steps", "4", "--repeats", "1", "--batch-size", "50", "--steps-per-loop", "2",
+                           "--replicas", "1", "2", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    report = out.read_text()
+    assert re.search(r"Matmul peak measured in the same run: float32 \d+ GFLOP/s, bfloat16 \d+", report)
+    for what in ("Keras `Model.fit`, one device", "our loop, `distribute=none`",
+                 "`distribute=mirrored`, 1 replica (logical CPUs)", "`distribute=mirrored`, 2 replicas (logical CPUs)"):
+        row = next(line for line in report.splitlines() if what in line)
+        assert float(row.split("|")[2].replace(",", "")) > 0, row
