@@ -88,7 +88,8 @@ def test_help_explains_every_key(tmp_path):
 
     proc = train(tmp_path, "--help")
     for key in _schema_keys(Config):
-        if key not in ("dataset.name", "model.name", "model.members", "model.size", "schedule.decay_steps",
+        if key not in ("dataset.name", "model.name", "distribute.name", "model.members", "model.size",
+                       "schedule.decay_steps",
                        "schedule.decay_rate", "schedule.staircase", "schedule.alpha",
                        "checkpoint.every_n_steps", "checkpoint.every_n_minutes"):
             assert f"\n{key} " in proc.stdout, key
