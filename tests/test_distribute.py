@@ -261,3 +261,16 @@ def test_a_worker_whose_peer_never_comes_names_it_instead_of_hanging(tmp_path, t
     assert proc.returncode == -signal.SIGKILL  # TensorFlow holds on while it waits: a watchdog ends it
     (line,) = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
     assert f"no answer within 3 s from 127.0.0.1:{ports[1]}" in line
+
+
+def test_an_in_process_sweep_of_mirrored_jobs_shares_the_logical_cpus_it_set_once(tmp_path, tiny_data):
+    """Jobs in one process: the CPU is split once, for the first job; a later job asking for
+    another split fails with one line (and the sweep goes on), as TensorFlow allows one split."""
+    proc = train(tmp_path, "-m", *tiny(tiny_data, "epochs=1"), "distribute=mirrored",
+                 "distribute.logical_cpus=2,1", "lr=0.01,0.001", "checkpoint.dir=ckpt-${hydra:job.num}",
+                 "hydra.sweep.dir=sweep", check=False)
+    assert proc.returncode == 1 and "2 of 4 jobs failed" in proc.stdout + proc.stderr
+    results = [json.loads((tmp_path / "sweep" / str(i) / "results.json").read_text()) for i in range(4)]
+    assert [r["status"] for r in results] == ["started", "started", "failed", "failed"]
+    assert results[0]["steps"] == results[1]["steps"] == 9 and results[0]["pid"] == results[1]["pid"]
+    assert "distribute.logical_cpus=1: this process already runs on 2 CPU device(s)" in results[2]["error"]
