@@ -299,7 +299,7 @@ class Trainer:
         latest = self.manager.latest_checkpoint
         if latest is None or not latest.endswith(f"-{step}"):
             self.save(step)
-        where = self.manager.latest_checkpoint if self.chief else str(self.directory)
+        where = self.manager.latest_checkpoint if self.chief else f"with the chief's, in {self.directory}"
         spe = self.steps_per_epoch
         message = (f"stopped by {signal_name(self.stop.signum)} at step {step} (epoch {step // spe + 1}, "
                    f"{step % spe} of {spe} steps done); saved {where}; rerun the command to resume")

@@ -160,7 +160,7 @@ def test_sigterm_to_one_worker_saves_on_both_at_the_same_step(tmp_path, tiny_dat
     step = int(lines[0].split("at step ")[1].split()[0])
     assert f"at step {step} " in lines[1]
     assert (tmp_path / "ckpt" / f"ckpt-{step}.index").exists() and step < 500 * 9
-    assert f"saved ckpt/ckpt-{step};" in lines[0]
+    assert f"saved ckpt/ckpt-{step};" in lines[0] and "saved with the chief's, in ckpt;" in lines[1]
     stopped = json.loads((tmp_path / "run-w0" / "results.json").read_text())
     assert stopped == {"status": "stopped", "signal": "SIGTERM", "step": step, "checkpoint": f"ckpt/ckpt-{step}"}
 
