@@ -46,6 +46,11 @@ def main(cfg: DictConfig) -> float:
     try:
         config = to_config(cfg)
         import_tensorflow()  # without its C++ start-up lines
+        if config.mode == "export":
+            from cnn import export  # imports TensorFlow
+
+            export.export_checkpoint(config, workdir)
+            return float("nan")
         if config.mode == "eval":
             from cnn import evaluation  # imports TensorFlow
 

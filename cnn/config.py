@@ -92,7 +92,7 @@ class Config:
     seed: int
     precision: str  # float32 | mixed_bfloat16 | mixed_float16 (Keras policies)
     steps_per_loop: int  # training steps per compiled call
-    mode: str  # train | eval
+    mode: str  # train | eval | export
     resume: str  # auto | never | <checkpoint path>
     deterministic: bool  # bitwise-reproducible ops
     progress: Optional[bool]  # progress bar; null: when on a terminal
@@ -106,7 +106,7 @@ class Config:
     distribute: DistributeConfig
 
 
-MODES = ("train", "eval")
+MODES = ("train", "eval", "export")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 SCHEDULES = ("constant", "exponential", "cosine")
 MONITORS = ("val_accuracy", "val_loss")

@@ -50,7 +50,7 @@ def evaluate_checkpoint(config: Config, workdir: str | Path) -> dict:
     return results
 
 
-def restore_chosen(state, directory: Path, choice: Optional[str]) -> tuple[str, str]:
+def restore_chosen(state, directory: Path, choice: Optional[str], mode: str = "eval") -> tuple[str, str]:
     """Restores the run's best checkpoint (choice "best"), its latest ("latest"), or with None
     the best when the run keeps one, else the latest. Returns (path, "best" or "latest")."""
     best = best_checkpoint(directory) if directory.is_dir() else None
@@ -63,7 +63,7 @@ def restore_chosen(state, directory: Path, choice: Optional[str]) -> tuple[str, 
         return best, "best"
     path = restore_latest(state.checkpoint, directory, repair=False) if directory.is_dir() else None
     if path is None:
-        raise CheckpointError(f"mode=eval: no checkpoint in {directory}; train first "
+        raise CheckpointError(f"mode={mode}: no checkpoint in {directory}; train first "
                               "(same settings, mode=train) or pass resume=<checkpoint path>")
     return path, "latest"
 

@@ -101,6 +101,7 @@ def book_cnn_subclass(input_shape, num_classes, dropout=0.4):
 
 # --- The book's best model and the tutorial's -----------------------------------------
 
+@keras.saving.register_keras_serializable(package="cnn")  # a .keras file of bn_cnn loads after `import cnn.models`
 class BatchNormalization(layers.BatchNormalization):
     """keras.layers.BatchNormalization computed by TensorFlow's fused kernel.
 

@@ -1,0 +1,126 @@
+"""mode=export and `python -m cnn.predict`: a trained run as a SavedModel that needs only TensorFlow."""
+
+import json
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import ROOT
+from test_cli import env, train
+
+from cnn import data as data_lib
+from cnn import export, predict, run
+from cnn.config import compose
+from cnn.evaluation import restore_chosen
+from cnn.models import create_model
+
+
+def write_png(path, image):
+    tf.io.write_file(str(path), tf.io.encode_png(image))
+    return path
+
+
+@pytest.mark.slow
+def test_export_then_predict_in_a_fresh_process_gives_the_checkpoints_classes(tmp_path, tiny_data):
+    settings = [f"dataset.data_dir={tiny_data}", "epochs=2", "batch_size=36", "checkpoint.dir=ckpt"]
+    train(tmp_path, *settings, "hydra.run.dir=train")
+    proc = train(tmp_path, *settings, "mode=export", "hydra.run.dir=export")
+    out = tmp_path / "ckpt" / "export"
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "labels.txt", "model.keras", "saved_model"]
+    assert not list(tmp_path.glob("ckpt/export.*"))  # no staging or previous export left over
+    record = json.loads((out / "export.json").read_text())
+    assert record["which"] == "best" and record["image_shape"] == [28, 28, 1]
+    assert (out / "labels.txt").read_text().splitlines() == [str(i) for i in range(10)]
+    assert "try: python -m cnn.predict" in proc.stdout + proc.stderr
+
+    data = data_lib.load("mnist", str(tiny_data), download=False)
+    images = data.x_test[:8]
+    paths = [write_png(tmp_path / f"{i}.png", image) for i, image in enumerate(images)]
+    paths.append(write_png(tmp_path / "rgb.png", tf.image.grayscale_to_rgb(tf.constant(images[0]))))
+    proc = subprocess.run([sys.executable, "-m", "cnn.predict", str(out), *map(str, paths), "--json", "--top", "3"],
+                          cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    predicted = json.loads(proc.stdout)
+    assert [r["path"] for r in predicted] == [str(p) for p in paths]
+    assert proc.stderr.strip() == f"note: {paths[-1]}: 3 channel(s) converted to 1, as the model takes"
+
+    # The checkpoint the export chose, on the same images, in this process.
+    config = compose(*[s for s in settings if not s.startswith("checkpoint.dir")], f"checkpoint.dir={tmp_path / 'ckpt'}")
+    run.setup(config)
+    state = run.create_state(config, data)
+    assert restore_chosen(state, tmp_path / "ckpt", None)[0].endswith(record["checkpoint"].split("ckpt", 1)[1])
+    expected = tf.nn.softmax(state.model(images.astype(np.float32) / 255, training=False)).numpy()
+    for row, probabilities in zip(predicted, [*expected, expected[0]]):
+        best = np.argsort(-probabilities, kind="stable")[:3]
+        assert [p["id"] for p in row["predictions"]] == best.tolist()
+        np.testing.assert_allclose([p["probability"] for p in row["predictions"]], probabilities[best], atol=1e-6)
+        assert row["predictions"][0]["class"] == data.class_names[best[0]]
+    # The .keras file: the same model, uint8 in, probabilities out.
+    reloaded = keras.saving.load_model(out / "model.keras")
+    np.testing.assert_allclose(reloaded(images).numpy(), expected, atol=1e-6)
+
+
+def test_an_ensemble_exports_as_one_model_of_its_summed_logits(tmp_path):
+    keras.utils.set_random_seed(1)
+    model = create_model("ensemble", (12, 10, 3), 4, members="book_cnn", size=3)
+    out = export.write_export(model, (12, 10, 3), ["a", "b", "c", "d"], tmp_path / "export", {"run_name": "x"})
+    serve = tf.saved_model.load(str(out / "saved_model")).signatures["serving_default"]
+    images = np.random.default_rng(0).integers(0, 256, (5, 12, 10, 3)).astype(np.uint8)
+    served = serve(images=tf.constant(images))
+    logits = tf.reduce_sum(model(images.astype(np.float32) / 255, training=False), axis=0)
+    np.testing.assert_allclose(served["probabilities"].numpy(), tf.nn.softmax(logits).numpy(), atol=1e-6)
+    assert served["class_ids"].numpy().tolist() == tf.argmax(logits, axis=-1).numpy().tolist()
+    export.write_export(model, (12, 10, 3), ["a", "b", "c", "d"], tmp_path / "export", {"run_name": "y"})
+    assert json.loads((out / "export.json").read_text())["run_name"] == "y"  # replaced, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+@pytest.fixture(scope="module")
+def small_export(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    directory = tmp_path_factory.mktemp("export")
+    return export.write_export(create_model("book_cnn", (8, 8, 1), 3), (8, 8, 1), ["x", "y", "z"],
+                               directory / "export", {})
+
+
+def test_predict_prints_one_line_per_image(tmp_path, small_export, capsys):
+    paths = [write_png(tmp_path / f"{i}.png", np.full((8, 8, 1), 40 * i, np.uint8)) for i in range(3)]
+    big = tmp_path / "big.jpg"
+    tf.io.write_file(str(big), tf.io.encode_jpeg(np.zeros((16, 20, 3), np.uint8)))
+    assert predict.main([str(small_export), *map(str, paths), str(big), "--top", "2"]) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert len(lines) == 4 and all(line.startswith(f"{p}\t") for line, p in zip(lines, [*paths, big]))
+    assert all(len(line.split("\t")[1].split(", ")) == 2 for line in lines)
+    assert f"note: {big}: 3 channel(s) converted to 1" in err and f"note: {big}: resized from 20x16 to 8x8" in err
+
+
+@pytest.mark.parametrize("case,message", [
+    ("not-an-export", "not an export (it needs saved_model/ and labels.txt)"),
+    ("missing", "no such file"),
+    ("corrupt", "not a decodable image"),
+])
+def test_predict_bad_input_is_one_line_and_prints_no_prediction(tmp_path, small_export, capsys, case, message):
+    good = write_png(tmp_path / "good.png", np.zeros((8, 8, 1), np.uint8))
+    bad = tmp_path / "bad.png"
+    if case == "corrupt":
+        bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    directory = tmp_path if case == "not-an-export" else small_export
+    assert predict.main([str(directory), str(good), str(bad)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    (line,) = err.splitlines()
+    assert line.startswith("error: ") and message in line
+    if case != "not-an-export":
+        assert str(bad) in line
+
+
+@pytest.mark.slow
+def test_export_without_a_trained_run_is_one_line(tmp_path, tiny_data):
+    proc = train(tmp_path, f"dataset.data_dir={tiny_data}", "mode=export", "checkpoint.dir=nothing", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
+    (line,) = [line for line in (proc.stdout + proc.stderr).splitlines() if "ERROR" in line]
+    assert "mode=export: no checkpoint in nothing; train first" in line
