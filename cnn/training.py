@@ -268,7 +268,8 @@ class Trainer:
             self.loop(iterator, tf.constant(n, tf.int32))
             if self.first_step_seconds is None:
                 self.first_steps_done(n, started)
-            step, n = self.step, self.step - step  # fewer than asked when a signal stopped the call
+            reached = self.step  # fewer steps than asked when a signal stopped the call
+            step, n = reached, reached - step
             if step < end and self.save_due(step):
                 self.save(step)
             if bar is not None and (step // every_bar != (step - n) // every_bar or step == end):
