@@ -87,34 +87,10 @@ def input_pipeline(data, batch_size: int):
     return ds.map(data_lib._normalize, num_parallel_calls=tf.data.AUTOTUNE).repeat().prefetch(tf.data.AUTOTUNE)
 
 
-def prepare_loop(config, data, steps: int):
-    """Our compiled loop, warmed up; returns `run()`: `steps` steps, timed by the caller."""
-    import tensorflow as tf
-
-    from cnn import run as run_lib
-    from cnn.steps import make_train_loop
-
-    run_lib.setup(config)
-    state = run_lib.create_state(config, data)
-    ds = input_pipeline(data, config.batch_size)
-    loop = make_train_loop(state, ds.element_spec)
-    iterator = iter(ds)
-
-    def run():
-        done = 0
-        while done < steps:
-            n = min(config.steps_per_loop, steps - done)
-            loop(iterator, tf.constant(n, tf.int32))
-            done += n
-        state.step.numpy()  # wait for the device
-
-    run()  # warm-up: trace, oneDNN primitive caches, tf.data buffers
-    return run
-
-
-def prepare_distributed_loop(config, data, steps: int, strategy):
-    """`prepare_loop` under a tf.distribute strategy: the same loop, `strategy.run` per step,
-    the global batch split between the replicas."""
+def prepare_loop(config, data, steps: int, strategy=None):
+    """Our compiled loop, warmed up; returns `run()`: `steps` steps, timed by the caller.
+    With a tf.distribute `strategy`: the same loop, `strategy.run` per step, the global batch
+    split between the replicas."""
     import tensorflow as tf
 
     from cnn import run as run_lib
@@ -122,7 +98,7 @@ def prepare_distributed_loop(config, data, steps: int, strategy):
     from cnn.steps import make_train_loop
 
     run_lib.setup(config)
-    placement = Distribution(strategy, strategy.num_replicas_in_sync)
+    placement = Distribution(strategy, strategy.num_replicas_in_sync) if strategy else Distribution()
     with placement.scope():
         state = run_lib.create_state(config, data)
     ds = input_pipeline(data, config.batch_size)
@@ -135,9 +111,9 @@ def prepare_distributed_loop(config, data, steps: int, strategy):
             n = min(config.steps_per_loop, steps - done)
             loop(iterator, tf.constant(n, tf.int32))
             done += n
-        state.step.numpy()
+        state.step.numpy()  # wait for the device
 
-    run()
+    run()  # warm-up: trace, oneDNN primitive caches, tf.data buffers
     return run
 
 
@@ -165,7 +141,7 @@ def measure_replicas(args) -> dict:
         strategy = tf.distribute.MirroredStrategy(devices[:k])
         contenders.append((f"our loop, `distribute=mirrored`, {k} replica{'s' if k > 1 else ''} "
                            f"({'GPUs' if gpus else 'logical CPUs'})",
-                           prepare_distributed_loop(config, data, args.steps, strategy)))
+                           prepare_loop(config, data, args.steps, strategy)))
     turns = round_robin([fn for _, fn in contenders], args.repeats)
     images = args.steps * args.batch_size
     return {"peaks": peaks, "gpus": len(gpus), "config": config,
