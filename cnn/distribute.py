@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from typing import Optional
@@ -26,7 +27,7 @@ from typing import Optional
 import tensorflow as tf
 
 from cnn.config import Config
-from cnn.errors import ConfigError
+from cnn.errors import ConfigError, TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,24 @@ class Distribution:
 
             self._sum = total
         return [bool(v > 0) for v in self._sum(tf.constant([int(f) for f in flags], tf.int32)).numpy()]
+
+    @contextlib.contextmanager
+    def peers_watched(self, step: tf.Variable):
+        """Turns the error of a collective whose peer died (TensorFlow notices a worker that stopped
+        sending heartbeats within seconds) into one line: who, where, and how to go on."""
+        try:
+            yield
+        except (tf.errors.UnavailableError, tf.errors.AbortedError) as e:
+            if self.workers == 1:
+                raise
+            resolver = self.strategy.cluster_resolver
+            spec, own = resolver.cluster_spec().as_dict(), (resolver.task_type, resolver.task_id)
+            lost = sorted({f"{job} {task} ({spec[job][int(task)]})" for job, task in
+                           re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", e.message)
+                           if job in spec and int(task) < len(spec[job]) and (job, int(task)) != own})
+            who = ", ".join(lost) if lost else "a worker"
+            raise TrainingError(f"distribute=multi_worker: {who} stopped answering at step {int(step.numpy())}; "
+                                "restart every worker to resume from the run's last checkpoint") from None
 
     def describe(self, batch_size: int) -> str:
         if self.strategy is None:

@@ -74,7 +74,8 @@ def train_and_evaluate(config: Config, workdir: str | Path, started: Optional[fl
         trainer = Trainer(config, state, data, directory, workdir, summaries, placement)
         if summaries:
             reporting.write_hparams(ident, directory.name)
-        trainer.fit(started)
+        with placement.peers_watched(state.step):
+            trainer.fit(started)
         final = trainer.final_evaluation()
         results = reporting.results(config, trainer.rows, final, trainer.step, directory,
                                     trainer.manager.latest_checkpoint, status, trainer.first_step_seconds,
@@ -95,7 +96,8 @@ def train_as_worker(config: Config, state: TrainState, data: data_lib.Data, dire
     aside = Path(tempfile.mkdtemp(prefix=f"{directory.name}-worker{placement.worker}-"))
     try:
         trainer = Trainer(config, state, data, directory, workdir, False, placement, save_into=aside)
-        trainer.fit(started)
+        with placement.peers_watched(state.step):
+            trainer.fit(started)
     finally:
         shutil.rmtree(aside, ignore_errors=True)
     digest = state.weights_digest()

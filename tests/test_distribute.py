@@ -46,7 +46,7 @@ class Workers:
     """Two `train.py distribute=multi_worker` processes on 127.0.0.1; `stop` kills what is left."""
 
     def __init__(self, tmp_path: Path, tag: str, *overrides: str):
-        ports = free_ports(2)
+        self.ports = ports = free_ports(2)
         self.logs = [tmp_path / f"{tag}-w{i}.out" for i in range(2)]
         self.procs = []
         for i in range(2):
@@ -163,6 +163,19 @@ def test_sigterm_to_one_worker_saves_on_both_at_the_same_step(tmp_path, tiny_dat
     assert f"saved ckpt/ckpt-{step};" in lines[0] and "saved with the chief's, in ckpt;" in lines[1]
     stopped = json.loads((tmp_path / "run-w0" / "results.json").read_text())
     assert stopped == {"status": "stopped", "signal": "SIGTERM", "step": step, "checkpoint": f"ckpt/ckpt-{step}"}
+
+
+def test_a_worker_that_dies_stops_the_others_with_one_line(tmp_path, tiny_data):
+    workers = Workers(tmp_path, "run", *tiny(tiny_data, "epochs=500"), "checkpoint.dir=ckpt")
+    try:
+        wait_for(lambda: "epoch 2/500" in workers.output(0), workers.procs, "the second epoch")
+        workers.procs[1].kill()
+    finally:
+        codes = workers.wait()
+    assert codes[0] == 1 and "Traceback" not in workers.output(0)
+    (line,) = [line for line in workers.output(0).splitlines() if "ERROR" in line]
+    assert f"worker 1 (127.0.0.1:{workers.ports[1]}) stopped answering at step" in line
+    assert "restart every worker to resume" in line
 
 
 def test_sigint_and_sigterm_save_the_step_and_the_rerun_ends_bitwise_equal(tmp_path, tiny_data):
