@@ -124,3 +124,22 @@ def test_export_without_a_trained_run_is_one_line(tmp_path, tiny_data):
     assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
     (line,) = [line for line in (proc.stdout + proc.stderr).splitlines() if "ERROR" in line]
     assert "mode=export: no checkpoint in nothing; train first" in line
+
+
+def test_a_dataset_written_out_as_class_folders_keeps_every_pixel(tmp_path, tiny_data, capsys):
+    from cnn import to_folder
+
+    out = tmp_path / "folder"
+    assert to_folder.main([str(out), "--dataset", "mnist", "--data-dir", str(tiny_data), "--limit", "30"]) == 0
+    data = data_lib.load("mnist", str(tiny_data), download=False)
+    for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
+        files = sorted((out / split).glob("*/*.png"))
+        assert len(files) == 30 and sorted(p.name for p in (out / split).iterdir()) == sorted(data.class_names)
+        for path in files:
+            i = int(path.stem)
+            assert path.parent.name == data.class_names[y[i]]
+            np.testing.assert_array_equal(tf.io.decode_png(tf.io.read_file(str(path))).numpy(), x[i])
+    assert "wrote 60 images of 10 classes" in capsys.readouterr().out
+    assert to_folder.main([str(out), "--data-dir", str(tiny_data)]) == 1  # never into an existing directory
+    assert "exists; give a new directory" in capsys.readouterr().err
+    assert to_folder.folder_name("T-shirt/top") == "T-shirt-top"
