@@ -180,7 +180,7 @@ class Trainer:
         self.statistics_ds = data_lib.statistics_dataset(data.x_train, data.y_train, config.batch_size, config.seed,
                                                          config.precise_bn.batches) if self.statistics else None
         # Ctrl-C and SIGTERM end the compiled loop after the step it is in. Several workers must
-        # stop at the same step: they agree between calls instead (`stop_agreed`).
+        # stop at the same step: they agree between calls instead (`between_calls`).
         self.stop_flag = tf.Variable(False, trainable=False) if self.placement.workers == 1 else None
         self.loop = make_train_loop(state, self.test_ds.element_spec, summaries, self.placement.strategy,
                                     self.stop_flag)
@@ -225,7 +225,7 @@ class Trainer:
                 if step < (epoch + 1) * spe:  # only a signal ends an epoch early
                     self.stop_here(step)
                 evaluation = self.end_epoch(epoch, step, stats, inputs)
-                if self.stop_agreed(step) and step < config.epochs * spe:
+                if self.between_calls(step)[0] and step < config.epochs * spe:
                     self.stop_here(step)
         if evaluation is None:  # already trained that far: report the checkpoint as it is
             log.info("already trained to epoch %d (step %d)%s; evaluating only", -(-step // spe), step,
@@ -265,14 +265,16 @@ class Trainer:
         every_bar = max(1, spe // 50)  # bar updates read the device: at most 50 an epoch
         step, iterator = start_step, iter(dataset)
         start = time.perf_counter()
-        while step < end and not self.stop_agreed(step):
+        stopping = False
+        while step < end and not stopping:
             n = next_chunk(step, end, config.steps_per_loop, config.checkpoint.every_n_steps)
             self.loop(iterator, tf.constant(n, tf.int32))
             if self.first_step_seconds is None:
                 self.first_steps_done(n, started)
             reached = self.step  # fewer steps than asked when a signal stopped the call
             step, n = reached, reached - step
-            if step < end and self.save_due(step):
+            stopping, due = self.between_calls(step)
+            if step < end and due and not stopping:  # a stop saves anyway (`stop_here`)
                 self.save(step)
             if bar is not None and (step // every_bar != (step - n) // every_bar or step == end):
                 bar.update(step - epoch_start, [("loss", float(self.state.loss.result())),
@@ -281,21 +283,18 @@ class Trainer:
         done = lambda s: min((s - epoch_start) * config.batch_size, len(self.data.x_train))  # images
         return EpochStats(step - start_step, done(step) - done(start_step), seconds)
 
-    def save_due(self, step: int) -> bool:
-        """Whether a mid-epoch checkpoint is due. Every worker saves at the same steps (saving
-        is collective), so the clock of one decides for all."""
-        return self.placement.any_of([self.cadence.due(step)])[0]
-
-    def stop_agreed(self, step: int) -> bool:
-        """Whether a signal asked this process (or, with several workers, any of them) to stop.
-        Several workers ask each other at every call, so that all stop at the same step."""
+    def between_calls(self, step: int) -> tuple[bool, bool]:
+        """(stop, save): whether a signal asked to stop, and whether a mid-epoch checkpoint is
+        due. Several workers must stop and save at the same steps (saving is collective): one
+        all-reduce tells each what any of them saw (a signal, its clock's due checkpoint)."""
+        due = self.cadence.due(step)
         if self.placement.workers == 1:
-            return bool(self.stop.signum)
-        seen = self.placement.any_of([self.stop.signum == s for s in WATCHED_SIGNALS])
-        agreed = next((s for s, flag in zip(WATCHED_SIGNALS, seen) if flag), 0)
+            return bool(self.stop.signum), due
+        flags = self.placement.any_of([due, *(self.stop.signum == s for s in WATCHED_SIGNALS)])
+        agreed = next((s for s, flag in zip(WATCHED_SIGNALS, flags[1:]) if flag), 0)
         if agreed:
             self.stop.signum = agreed
-        return bool(agreed)
+        return bool(agreed), flags[0]
 
     def stop_here(self, step: int) -> None:
         """Saves the step reached (unless saved already) and raises Stopped: the polite stop."""
