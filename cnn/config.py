@@ -17,7 +17,7 @@ import json
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from cnn.errors import ConfigError
 
@@ -34,6 +34,13 @@ class DatasetConfig:
     max_shift: float  # with augment: pixels, each axis, either way
     flip: bool  # with augment: mirror half the images left to right
     validation_split: float  # fraction of the training set held out (stratified, seed-free); 0: none
+    # dataset=image_folder only (None for the built-in datasets):
+    test_split: Optional[float] = None  # class folders directly under data_dir: the test set's fraction
+    image_size: Optional[List[int]] = None  # [height, width] every image is resized to; null: the first's
+    color_mode: Optional[str] = None  # grayscale | rgb; null: the first training image's
+    cache: Optional[str] = None  # memory | disk | none: where decoded images live while training
+    cache_dir: Optional[str] = None  # cache=disk|none: the decoded pixels and checks; null: the Keras home
+    skip_bad_files: Optional[bool] = None  # train without files that do not decode (else an error)
 
 
 @dataclass
@@ -107,6 +114,7 @@ class Config:
 
 
 MODES = ("train", "eval", "export")
+IMAGE_FOLDER_KEYS = ("test_split", "image_size", "color_mode", "cache", "cache_dir", "skip_bad_files")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 SCHEDULES = ("constant", "exponential", "cosine")
 MONITORS = ("val_accuracy", "val_loss")
@@ -130,6 +138,9 @@ NOT_IDENTITY = (
     "distribute",  # where the steps run: a run may move between devices (same results up to rounding)
     "dataset.data_dir",
     "dataset.download",
+    "dataset.cache",  # every cache feeds the same pixels in the same order
+    "dataset.cache_dir",
+    "dataset.skip_bad_files",  # bad files end a run without it: the runs that exist used the same files
 )
 # Keys that change only the batch-norm statistics a checkpoint holds, never the weights (training
 # does not read the moving averages): another run's checkpoint, read for its weights (mode=eval,
@@ -282,6 +293,32 @@ def validate(config: Config) -> None:
          "distribute.logical_cpus is for distribute=mirrored only"),
         (config.distribute.timeout_seconds > 0,
          f"distribute.timeout_seconds={config.distribute.timeout_seconds}: must be > 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    validate_image_folder(config.dataset)
+
+
+def validate_image_folder(dataset: DatasetConfig) -> None:
+    """The image-folder keys: set only with dataset=image_folder, and in range."""
+    if dataset.name != "image_folder":
+        given = [k for k in IMAGE_FOLDER_KEYS if getattr(dataset, k) is not None]
+        if given:
+            raise ConfigError(f"dataset.{given[0]} is for dataset=image_folder only (dataset={dataset.name})")
+        return
+    from cnn.image_folder import CACHES, COLOR_MODES
+
+    size = dataset.image_size
+    checks = [
+        (size is None or (len(size) == 2 and min(size) >= 1),
+         f"dataset.image_size={size}: must be [height, width], both >= 1, or null (the first image's)"),
+        (dataset.color_mode is None or dataset.color_mode in COLOR_MODES,
+         f"dataset.color_mode={dataset.color_mode}: must be grayscale, rgb, or null (the first image's)"),
+        (dataset.cache in CACHES, f"dataset.cache={dataset.cache}: must be one of {', '.join(CACHES)}"),
+        (dataset.test_split is not None and 0 < dataset.test_split < 1,
+         f"dataset.test_split={dataset.test_split}: must be in (0, 1)"),
+        (dataset.skip_bad_files is not None, "dataset.skip_bad_files: must be true or false"),
     ]
     for ok, message in checks:
         if not ok:

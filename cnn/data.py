@@ -8,6 +8,7 @@ canonical source with checksum verification. Images stay uint8 in memory,
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import pickle
@@ -52,10 +53,13 @@ VALIDATION_SEED = 20_000_000  # the split is a function of the data and the frac
 
 @dataclass
 class Data:
-    """A dataset in memory: uint8 images (N, H, W, C) and int32 labels (N,).
+    """A dataset: uint8 images (N, H, W, C) and int32 labels (N,).
 
+    The images are arrays in memory, or for `dataset=image_folder` with cache=disk|none,
+    `ImageFiles` that stand in for them (read as the pipelines need them).
     x_val, y_val: the validation set held out of the training set by `split_validation`
     (None before, or with a split of 0).
+    fingerprint: what identifies the data, when not its content (an image folder's files).
     """
 
     name: str
@@ -66,6 +70,7 @@ class Data:
     class_names: tuple
     x_val: Optional[np.ndarray] = None
     y_val: Optional[np.ndarray] = None
+    fingerprint: Optional[str] = None
 
     @property
     def image_shape(self) -> tuple:
@@ -239,7 +244,7 @@ def _download(name: str) -> Data:
     return load_cifar10(Path(path))
 
 
-DATASETS = ("mnist", "fashion_mnist", "cifar10")
+DATASETS = ("mnist", "fashion_mnist", "cifar10")  # built in; and image_folder, a folder of the user's
 SOURCES = {"mnist": MNIST_URL, "fashion_mnist": FASHION_URL, "cifar10": CIFAR10_URL}
 
 
@@ -259,11 +264,22 @@ def fingerprint(data: Data) -> str:
     """A short digest of the data's content: the same files anywhere give the same value."""
     import hashlib
 
+    if data.fingerprint is not None:
+        return data.fingerprint
     digest = hashlib.sha1()
     for array in (data.x_train, data.y_train, data.x_test, data.y_test):
         digest.update(str(array.shape).encode())
         digest.update(np.ascontiguousarray(array).data)
     return f"{len(data.x_train)}+{len(data.x_test)}:{digest.hexdigest()[:12]}"
+
+
+def load_dataset(dataset) -> Data:
+    """The data a DatasetConfig names: a built-in dataset, or an image folder."""
+    if dataset.name == "image_folder":
+        from cnn import image_folder
+
+        return image_folder.load(dataset)
+    return load(dataset.name, dataset.data_dir, dataset.download)
 
 
 def load(name: str, data_dir: Optional[str] = None, download: bool = True) -> Data:
@@ -297,6 +313,21 @@ def load(name: str, data_dir: Optional[str] = None, download: bool = True) -> Da
                         f"{SOURCES[name]} failed ({reason}). Fix: {hint}") from None
 
 
+def stratified_holdout(labels: np.ndarray, num_classes: int, fraction: float, seed: int,
+                       describe) -> np.ndarray:
+    """The sorted indices of round(fraction * n) images of each class (at least one, never all),
+    chosen by `seed`. `describe(label, count)` words the error for a class of fewer than two."""
+    rng = np.random.default_rng(seed)
+    held_out = []
+    for label in range(num_classes):
+        members = np.flatnonzero(labels == label)
+        if len(members) < 2:
+            raise DataError(describe(label, len(members)))
+        n = min(max(1, int(round(fraction * len(members)))), len(members) - 1)
+        held_out.append(rng.permutation(members)[:n])
+    return np.sort(np.concatenate(held_out))
+
+
 def split_validation(data: Data, fraction: float) -> Data:
     """Holds `fraction` of each class's training images out as the validation set.
 
@@ -307,21 +338,13 @@ def split_validation(data: Data, fraction: float) -> Data:
     """
     if fraction == 0:
         return data
-    rng = np.random.default_rng(VALIDATION_SEED)
-    held_out = []
-    for label in range(data.num_classes):
-        members = np.flatnonzero(data.y_train == label)
-        if len(members) < 2:
-            raise DataError(
-                f"dataset.validation_split={fraction}: class {label} ('{data.class_names[label]}') has "
-                f"{len(members)} training image(s), too few for one to validate and one to train on. "
-                "Add images of it, or pass dataset.validation_split=0")
-        n_val = min(max(1, int(round(fraction * len(members)))), len(members) - 1)
-        held_out.append(rng.permutation(members)[:n_val])
-    val = np.sort(np.concatenate(held_out))
+    val = stratified_holdout(data.y_train, data.num_classes, fraction, VALIDATION_SEED, lambda label, n: (
+        f"dataset.validation_split={fraction}: class {label} ('{data.class_names[label]}') has {n} training "
+        "image(s), too few for one to validate and one to train on. Add images of it, or pass "
+        "dataset.validation_split=0"))
     train = np.setdiff1d(np.arange(len(data.y_train)), val, assume_unique=True)
-    return Data(data.name, data.x_train[train], data.y_train[train], data.x_test, data.y_test,
-                data.class_names, data.x_train[val], data.y_train[val])
+    return dataclasses.replace(data, x_train=data.x_train[train], y_train=data.y_train[train],
+                               x_val=data.x_train[val], y_val=data.y_train[val])
 
 
 # --- tf.data pipelines --------------------------------------------------------------
@@ -387,20 +410,45 @@ def pipeline_options():
     return options
 
 
+def _slices(x, y):
+    """`from_tensor_slices` over (images, labels), and whether the images are still files.
+
+    For an array the elements are (uint8 image, label); for ImageFiles (an image folder with
+    cache=disk|none) (path, label), made images by `_read` after any shuffle, so that the
+    order is decided before anything is read.
+    """
+    import tensorflow as tf
+
+    from cnn.image_folder import ImageFiles
+
+    files = isinstance(x, ImageFiles)
+    return tf.data.Dataset.from_tensor_slices((x.paths if files else x, y)), (x.read if files else None)
+
+
+def _read(ds, read):
+    import tensorflow as tf
+
+    if read is None:
+        return ds
+    return ds.map(lambda path, label: (read(path), label), num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epoch: int,
                   skip_batches: int = 0, max_rotation: float = 0.0, max_shift: float = 0.0,
                   flip: bool = False):
     """One epoch of shuffled training batches; `skip_batches` resumes inside the epoch.
 
     The order, and the augmentation when max_rotation, max_shift or flip is set, depend
-    only on (seed, epoch, batch index), so a resumed run sees the same batches.
+    only on (seed, epoch, batch index), so a resumed run sees the same batches. `x` is an
+    array or ImageFiles: files are shuffled as paths, then read (decoded) in parallel.
     """
     import tensorflow as tf
 
     this_epoch = epoch_seed(seed, epoch)
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    ds, read = _slices(x, y)
     ds = ds.shuffle(len(x), seed=this_epoch, reshuffle_each_iteration=False)
-    ds = ds.batch(batch_size).enumerate().skip(skip_batches)  # (batch index, (images, labels))
+    ds = _read(ds.skip(skip_batches * batch_size), read)  # skipped images are not read
+    ds = ds.batch(batch_size).enumerate(start=skip_batches)  # (batch index, (images, labels))
 
     def prepare(index, batch):
         images, labels = _normalize(*batch)
@@ -422,18 +470,24 @@ def statistics_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
     batches = min(batches, len(x) // batch_size)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 2**32 - 1]))  # no epoch uses this one
     chosen = rng.permutation(len(x))[:batches * batch_size]  # shuffled: batches of mixed classes
-    ds = tf.data.Dataset.from_tensor_slices((x[chosen], y[chosen])).batch(batch_size)
-    return ds.map(_normalize, num_parallel_calls=tf.data.AUTOTUNE).cache().prefetch(tf.data.AUTOTUNE).with_options(
-        pipeline_options())
+    return _evaluation_batches(x[chosen], y[chosen], batch_size)
 
 
 def test_dataset(x: np.ndarray, y: np.ndarray, batch_size: int = EVAL_BATCH_SIZE):
+    return _evaluation_batches(x, y, batch_size)
+
+
+def _evaluation_batches(x, y, batch_size: int):
+    """Normalized batches in order. Read every epoch: arrays keep their float32 batches (4 bytes
+    a pixel) after the first pass; image files are read again, or a folder larger than memory
+    would not fit."""
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
-    # Evaluated every epoch: normalize once and keep the float32 batches (4 bytes a pixel).
-    return ds.map(_normalize, num_parallel_calls=tf.data.AUTOTUNE).cache().prefetch(tf.data.AUTOTUNE).with_options(
-        pipeline_options())
+    ds, read = _slices(x, y)
+    ds = _read(ds, read).batch(batch_size).map(_normalize, num_parallel_calls=tf.data.AUTOTUNE)
+    if read is None:
+        ds = ds.cache()
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(pipeline_options())
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:

@@ -15,6 +15,7 @@ from cnn import history, plots, precise_bn, run
 from cnn.checkpoint import best_checkpoint, check_identity, restore, restore_latest
 from cnn.config import Config, weights_identity
 from cnn.errors import CheckpointError
+from cnn.image_folder import as_array
 from cnn.steps import make_evaluate
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ def evaluate_checkpoint(config: Config, workdir: str | Path) -> dict:
     recomputes its batch-norm statistics (precise_bn), evaluates it on the test set and writes
     results.json and the evaluation plots into `workdir`."""
     workdir = Path(workdir)
-    data = data_lib.load(config.dataset.name, config.dataset.data_dir, config.dataset.download)
+    data = data_lib.load_dataset(config.dataset)
     directory, ident = run.checkpoint_dir_and_identity(config, data)
     data = data_lib.split_validation(data, config.dataset.validation_split)  # precise BN reads the rest
     run.setup(config)
@@ -79,6 +80,6 @@ def evaluation_plots(data: data_lib.Data, predictions: np.ndarray, workdir: Path
     wrong = np.flatnonzero(predictions != data.y_test)[:32]
     titles = [f"#{i} {data.class_names[predictions[i]]}\n(true {data.class_names[data.y_test[i]]})"
               for i in wrong]
-    plots.image_grid(data.x_test[wrong], titles, workdir / "misclassified.png")
+    plots.image_grid(as_array(data.x_test[wrong]), titles, workdir / "misclassified.png")
     per_class = np.diag(matrix) / np.maximum(matrix.sum(axis=1), 1)
     return {"per_class_accuracy": dict(zip(data.class_names, per_class.tolist()))}

@@ -105,7 +105,7 @@ def write_export(model: keras.Model, image_shape: tuple, class_names, directory:
 
 def export_checkpoint(config: Config, workdir: str | Path) -> dict:
     """mode=export: the run's chosen checkpoint, exported next to its checkpoints."""
-    data = data_lib.load(config.dataset.name, config.dataset.data_dir, config.dataset.download)
+    data = data_lib.load_dataset(config.dataset)
     directory, ident = run.checkpoint_dir_and_identity(config, data)
     data = data_lib.split_validation(data, config.dataset.validation_split)
     run.setup(config)

@@ -19,6 +19,7 @@ import tensorflow as tf
 from cnn import history
 from cnn.config import Config
 from cnn.errors import CheckpointError, ConfigError
+from cnn.image_folder import as_array
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def write_epoch_summaries(row: dict, split: str, images, predictions, labels, cl
             tf.summary.scalar(f"epoch/{key}", row[key], step=step)
         wrong = np.flatnonzero(predictions != labels)[:8]
         if len(wrong):
-            tf.summary.image(f"misclassified_{word}_images", images[wrong], step=step, max_outputs=8,
+            tf.summary.image(f"misclassified_{word}_images", as_array(images[wrong]), step=step, max_outputs=8,
                              description="; ".join(f"{word} image {i}: predicted {class_names[predictions[i]]}, "
                                                    f"true {class_names[labels[i]]}" for i in wrong))
 

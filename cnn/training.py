@@ -56,7 +56,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, started: Optional[fl
     started = time.time() if started is None else started
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    data = data_lib.load(config.dataset.name, config.dataset.data_dir, config.dataset.download)
+    data = data_lib.load_dataset(config.dataset)
     directory, ident = run.checkpoint_dir_and_identity(config, data)
     data = data_lib.split_validation(data, config.dataset.validation_split)
     finished = run.finished_results(config, directory, ident)

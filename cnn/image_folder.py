@@ -1,0 +1,367 @@
+"""`dataset=image_folder`: a folder of the user's images, in Keras' layout.
+
+    DIR/<class>/...           one folder per class; a stratified test split is held out
+    DIR/train/<class>/...     or the two splits as they are
+    DIR/test/<class>/...
+
+Class names are the folder names, in sorted order; images are found in them at any
+depth, by extension (.bmp .gif .jpeg .jpg .png, as Keras'), in sorted order. Every
+image is decoded as TensorFlow does (a GIF's first frame), given `channels` (RGB to
+grayscale with TensorFlow's luma weights, grayscale to RGB by repetition, alpha
+dropped) and resized to (height, width) as Keras' `image_dataset_from_directory` does
+(`tf.image.resize`, bilinear, no antialiasing, aspect ratio not kept), then rounded
+back to uint8: the pixels are stored, and fed to the network, as the built-in
+datasets' are. An image already of that size is not changed.
+
+`dataset.cache` says where the decoded images live while training:
+  memory  decoded once, held in memory as a uint8 array (what the built-in datasets do);
+  disk    decoded once into `cache_dir` (one raw file per image), read from there each epoch;
+  none    decoded from the original files each time they are read.
+All three feed the network the same pixels in the same order, so they give the same
+numbers; `disk` and `none` train on folders larger than memory. Every file is decoded
+once when a folder is first seen: a file that does not decode is named, and is skipped
+only with `dataset.skip_bad_files=true`. `disk` and `none` remember that check in
+`cache_dir` (keyed by the folder's fingerprint), so later runs of the same folder
+start at once.
+
+The fingerprint, which makes a changed folder a different run, covers every image
+file's path below DIR, size and modification time, and the image size and channels.
+It does not notice a file rewritten with the same size and modification time (as
+`touch -r` or some copy tools can leave it); moving or renaming DIR itself keeps it
+the same run, and copying DIR without keeping modification times (`cp -r`, not
+`cp -a` or `rsync -a`) makes it a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from cnn.data import Data, keras_cache, stratified_holdout
+from cnn.errors import DataError
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # keras.utils.image_dataset_from_directory's
+COLOR_MODES = {"grayscale": 1, "rgb": 3}
+CACHES = ("memory", "disk", "none")
+TEST_SPLIT_SEED = 30_000_000  # like the validation split: a function of the folder and the fraction only
+CACHE_VERSION = 1
+
+
+# --- Decoding: shared by training, the cache and `python -m cnn.predict` ------------------
+
+def decode(contents, height: int, width: int, channels: int):
+    """Encoded image bytes -> uint8 (height, width, channels), as the module docstring says.
+    Works in a tf.data map (graph mode) and eagerly."""
+    import tensorflow as tf
+
+    image = tf.io.decode_image(contents, expand_animations=False)  # native channels: 1, 2, 3 or 4
+    color = tf.shape(image)[-1] >= 3
+    image = tf.cast(image, tf.float32)
+    if channels == 1:
+        image = tf.cond(color, lambda: tf.image.rgb_to_grayscale(image[..., :3]), lambda: image[..., :1])
+    else:
+        image = tf.cond(color, lambda: image[..., :3], lambda: tf.repeat(image[..., :1], 3, axis=-1))
+    same_size = tf.reduce_all(tf.shape(image)[:2] == [height, width])
+    image = tf.cond(same_size, lambda: image, lambda: tf.image.resize(image, (height, width)))
+    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    return tf.ensure_shape(image, (height, width, channels))
+
+
+@dataclass(frozen=True, eq=False)
+class ImageFiles:
+    """Images on disk that stand in for a uint8 (N, H, W, C) array: `len`, `shape`,
+    indexing with an index array (a subset), and `dataset()`/`numpy()` to read them.
+
+    `raw`: the files hold decoded pixels (cache=disk), not encoded images.
+    """
+
+    paths: np.ndarray  # str, (N,)
+    height: int
+    width: int
+    channels: int
+    raw: bool = False
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def shape(self) -> tuple:
+        return (len(self.paths), self.height, self.width, self.channels)
+
+    def __getitem__(self, index) -> "ImageFiles":
+        return ImageFiles(self.paths[index], self.height, self.width, self.channels, self.raw)
+
+    def read(self, path):
+        """One file -> uint8 (H, W, C); for a tf.data map."""
+        import tensorflow as tf
+
+        contents = tf.io.read_file(path)
+        if self.raw:
+            return tf.reshape(tf.io.decode_raw(contents, tf.uint8), (self.height, self.width, self.channels))
+        return decode(contents, self.height, self.width, self.channels)
+
+    def dataset(self):
+        """The images, in order, as a tf.data.Dataset of uint8 (H, W, C)."""
+        import tensorflow as tf
+
+        return tf.data.Dataset.from_tensor_slices(self.paths).map(self.read, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def numpy(self) -> np.ndarray:
+        out = np.zeros(self.shape, np.uint8)
+        for i, batch in enumerate(self.dataset().batch(256).as_numpy_iterator()):
+            out[i * 256:i * 256 + len(batch)] = batch
+        return out
+
+
+def as_array(images) -> np.ndarray:
+    """A uint8 array of `images` (an array, or ImageFiles read now): for the few that plots show."""
+    return images.numpy() if isinstance(images, ImageFiles) else images
+
+
+# --- Finding the files ----------------------------------------------------------------------
+
+def _class_folders(directory: Path) -> list[Path]:
+    return sorted((p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                  key=lambda p: p.name)
+
+
+def _images_in(folder: Path) -> list[Path]:
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [Path(root) / f for f in sorted(files)
+                  if not f.startswith(".") and f.lower().endswith(EXTENSIONS)]
+    return found
+
+
+def _scan(directory: Path, class_names: Optional[list[str]] = None) -> tuple[list[str], list[Path], np.ndarray]:
+    """(class names, image paths, labels) of a folder of class folders."""
+    folders = _class_folders(directory)
+    names = [f.name for f in folders]
+    if class_names is not None and names != class_names:
+        raise DataError(f"{directory}: class folders {names} differ from the training set's {class_names}; "
+                        "both splits need the same class folders")
+    if len(folders) < 2:
+        raise DataError(f"{directory}: {len(folders)} class folder(s) ({', '.join(names) or 'none'}); a classifier "
+                        "needs two or more, one folder of images per class (DIR/<class>/<image>)")
+    paths, labels = [], []
+    for label, folder in enumerate(folders):
+        images = _images_in(folder)
+        if not images:
+            raise DataError(f"{folder}: class '{folder.name}' has no images ({', '.join(EXTENSIONS)}); "
+                            "add some or remove the folder")
+        paths += images
+        labels += [label] * len(images)
+    return names, paths, np.asarray(labels, np.int32)
+
+
+def find(data_dir: Optional[str]) -> tuple[Path, bool]:
+    """(the folder, whether it holds train/ and test/ splits); DataError when it is not usable."""
+    if data_dir is None:
+        raise DataError("dataset=image_folder needs dataset.data_dir=/path/to/folder (one subfolder of images "
+                        "per class, or train/ and test/ holding those)")
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise DataError(f"dataset.data_dir={data_dir}: no such directory")
+    if not any(root.iterdir()):
+        raise DataError(f"dataset.data_dir={data_dir}: the folder is empty; put one subfolder of images per "
+                        "class in it (DIR/<class>/<image>)")
+    return root, (root / "train").is_dir() and (root / "test").is_dir()
+
+
+def folder_fingerprint(root: Path, paths: list[Path], shape: tuple) -> str:
+    """A digest of every file's path below `root`, size and modification time, and the image shape."""
+    digest = hashlib.sha1(json.dumps(list(shape)).encode())
+    for path in paths:
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+# --- Checking and caching ----------------------------------------------------------------------
+
+def _first_shape(path: Path) -> tuple[int, int, int]:
+    import tensorflow as tf
+
+    try:
+        image = tf.io.decode_image(path.read_bytes(), expand_animations=False)
+    except (OSError, tf.errors.OpError):
+        return (0, 0, 0)  # named with the other bad files by the check
+    return tuple(int(d) for d in image.shape)
+
+
+def _reason(path: Path, files: ImageFiles) -> str:
+    import tensorflow as tf
+
+    try:
+        files.read(str(path))
+    except (OSError, tf.errors.OpError) as e:
+        return getattr(e, "message", str(e)).strip().splitlines()[0][:160]
+    return "unreadable"
+
+
+def _decode_all(files: ImageFiles, store) -> list[int]:
+    """Decodes every file once, in parallel, handing (index, image) to `store`; returns the
+    indices of the files that did not decode."""
+    import tensorflow as tf
+
+    indices = tf.data.Dataset.range(len(files))
+    ds = tf.data.Dataset.zip(indices, tf.data.Dataset.from_tensor_slices(files.paths))
+    ds = ds.map(lambda i, p: (i, files.read(p)), num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+    seen = np.zeros(len(files), bool)
+    for index, images in ds.batch(256).prefetch(2).as_numpy_iterator():
+        seen[index] = True
+        store(index, images)
+    return np.flatnonzero(~seen).tolist()
+
+
+def _bad_files_message(root: Path, files: ImageFiles, bad: list[int], skip: bool) -> None:
+    if not bad:
+        return
+    first = Path(files.paths[bad[0]])
+    if not skip:
+        raise DataError(f"{first}: not a decodable image ({_reason(first, files)}); remove it, or pass "
+                        f"dataset.skip_bad_files=true to train without it ({len(bad)} such file(s) in {root})")
+    log.warning("dataset.skip_bad_files=true: skipped %d file(s) that do not decode, e.g. %s", len(bad), first)
+
+
+def _prepare(root: Path, files: ImageFiles, cache: str, cache_dir: Path, key: str):
+    """(the images to train on, indices of bad files): an array, or ImageFiles of the
+    originals (none) or of the decoded raw files (disk)."""
+    if cache == "memory":
+        log.info("dataset.cache=memory: decoding %d images into memory (%.0f MB)", len(files),
+                 np.prod(files.shape) / 1e6)
+        out = np.zeros(files.shape, np.uint8)
+        bad = _decode_all(files, lambda i, images: out.__setitem__(i, images))
+        return out, bad
+    directory = cache_dir / key
+    index = _read_index(directory, len(files), cache)
+    if index is None:
+        directory = _build_cache(files, cache, cache_dir, key)
+        index = _read_index(directory, len(files), cache)
+    bad = index["bad"]
+    if cache == "none":
+        return files, bad
+    raw = np.array([str(directory / _raw_name(i)) for i in range(len(files))])
+    return ImageFiles(raw, files.height, files.width, files.channels, raw=True), bad
+
+
+def _raw_name(i: int) -> str:
+    return f"{i // 1000:05d}/{i:08d}.u8"
+
+
+def _read_index(directory: Path, count: int, cache: str) -> Optional[dict]:
+    try:
+        index = json.loads((directory / "index.json").read_text())
+    except (OSError, ValueError):
+        return None
+    complete = index.get("version") == CACHE_VERSION and index.get("files") == count
+    return index if complete and (cache == "none" or index.get("pixels")) else None
+
+
+def _build_cache(files: ImageFiles, cache: str, cache_dir: Path, key: str) -> Path:
+    """Checks every file (and with cache=disk writes its pixels) into a staging folder renamed
+    to cache_dir/key: another process building the same cache at once leaves one whole copy."""
+    target = cache_dir / key
+    staging = cache_dir / f".{key}.{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir(parents=True)
+    except OSError as e:
+        raise DataError(f"dataset.cache_dir={cache_dir}: cannot write there ({e}); pass another "
+                        "dataset.cache_dir or dataset.cache=memory") from None
+    log.info("dataset.cache=%s: checking %d images%s, once for this folder (in %s)", cache, len(files),
+             " and writing their pixels" if cache == "disk" else "", target)
+
+    def store(indices, images):
+        if cache == "disk":
+            for i, image in zip(indices, images):
+                path = staging / _raw_name(int(i))
+                path.parent.mkdir(exist_ok=True)
+                path.write_bytes(image.tobytes())
+
+    try:
+        bad = _decode_all(files, store)
+        (staging / "index.json").write_text(json.dumps({"version": CACHE_VERSION, "files": len(files),
+                                                        "pixels": cache == "disk", "bad": bad}))
+        if target.exists() and _read_index(target, len(files), cache) is None:
+            shutil.rmtree(target, ignore_errors=True)  # an older or checked-only cache: replaced
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished first: its copy is the same
+            pass
+    except OSError as e:
+        raise DataError(f"dataset.cache_dir={cache_dir}: cannot write the cache ({e}); free space, pass "
+                        "another dataset.cache_dir, or use dataset.cache=memory") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def default_cache_dir() -> Path:
+    return keras_cache().parent / "cnn_image_folder"
+
+
+# --- Loading ---------------------------------------------------------------------------------------
+
+def load(dataset):
+    """The `Data` of `dataset` (a DatasetConfig with name image_folder); DataError for a bad folder."""
+    root, has_splits = find(dataset.data_dir)
+    if has_splits:
+        class_names, train_paths, y_train = _scan(root / "train")
+        _, test_paths, y_test = _scan(root / "test", class_names)
+    else:
+        class_names, train_paths, y_train = _scan(root)
+        test_paths, y_test = [], np.zeros(0, np.int32)
+    if dataset.image_size is not None:
+        height, width = dataset.image_size
+    else:
+        height, width = _first_shape(train_paths[0])[:2]
+        log.info("dataset.image_size=[%d, %d]: the first training image's (%s)", height, width, train_paths[0])
+    if dataset.color_mode is not None:
+        channels = COLOR_MODES[dataset.color_mode]
+    else:
+        channels = 3 if _first_shape(train_paths[0])[2] >= 3 else 1
+        log.info("dataset.color_mode=%s: the first training image's", "rgb" if channels == 3 else "grayscale")
+    if height < 1 or width < 1:
+        raise DataError(f"{train_paths[0]}: not a decodable image, and no dataset.image_size=[H, W] to go by; "
+                        "remove it, or pass dataset.image_size")
+
+    all_paths = train_paths + test_paths
+    labels = np.concatenate([y_train, y_test])
+    key = folder_fingerprint(root, all_paths, (height, width, channels))
+    files = ImageFiles(np.array([str(p) for p in all_paths]), height, width, channels)
+    cache_dir = Path(dataset.cache_dir).expanduser() if dataset.cache_dir else default_cache_dir()
+    images, bad = _prepare(root, files, dataset.cache, cache_dir, key)
+    _bad_files_message(root, files, bad, dataset.skip_bad_files)
+    good = np.setdiff1d(np.arange(len(files)), bad)
+    train = good[good < len(train_paths)]
+    test = good[good >= len(train_paths)]
+    if not has_splits:
+        names = class_names
+        held = stratified_holdout(labels[train], len(class_names), dataset.test_split, TEST_SPLIT_SEED,
+                                  lambda label, n: f"dataset.test_split={dataset.test_split}: class '{names[label]}' "
+                                  f"has {n} image(s), too few for one to test and one to train on; add images")
+        test, train = train[held], np.delete(train, held)
+    for split, chosen, where in (("training", train, root / "train" if has_splits else root),
+                                 ("test", test, root / "test")):
+        missing = sorted(set(range(len(class_names))) - set(labels[chosen].tolist()))
+        if missing:
+            raise DataError(f"{where}: class '{class_names[missing[0]]}' has no {split} image that decodes; "
+                            "add some or remove the folder")
+    data = Data("image_folder", images[train], labels[train], images[test], labels[test], tuple(class_names),
+                fingerprint=f"{len(train)}+{len(test)}:{key[:12]}")
+    log.info("dataset %s: %d classes (%s), %d training and %d test images, %dx%dx%d, cache=%s", root,
+             len(class_names), ", ".join(class_names[:10]) + (", ..." if len(class_names) > 10 else ""),
+             len(train), len(test), height, width, channels, dataset.cache)
+    return data
