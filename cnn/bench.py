@@ -161,6 +161,80 @@ def replica_table(args, m: dict) -> list[str]:
                     for what, median, best in m["rows"]]
 
 
+def prepare_epochs(config, data, steps: int):
+    """Our compiled loop fed by the training pipeline itself (`data_lib.train_dataset`: the
+    epoch's shuffle, then reading the images), warmed up; `run()` starts the next epoch's
+    pipeline and trains `steps` steps of it, so reading files is timed with the steps."""
+    import tensorflow as tf
+
+    from cnn import data as data_lib
+    from cnn import run as run_lib
+    from cnn.steps import make_train_loop
+
+    run_lib.setup(config)
+    state = run_lib.create_state(config, data)
+    epochs = iter(range(10**6))
+    first = data_lib.train_dataset(data.x_train, data.y_train, config.batch_size, config.seed, 0)
+    loop = make_train_loop(state, first.element_spec)
+
+    def run():
+        ds = data_lib.train_dataset(data.x_train, data.y_train, config.batch_size, config.seed, next(epochs))
+        iterator, done = iter(ds), 0
+        while done < steps:
+            n = min(config.steps_per_loop, steps - done)
+            loop(iterator, tf.constant(n, tf.int32))
+            done += n
+        state.step.numpy()
+
+    run()
+    return run
+
+
+def measure_image_folder(args) -> dict:
+    """Images/s of the book CNN trained from `--image-folder` (the built-in dataset written
+    out as PNGs by `python -m cnn.to_folder`) with cache=memory, disk and none, against the
+    built-in in-memory loader, in the same turns; and how long each takes to load the first
+    time (decoding, checking, writing the disk cache)."""
+    from cnn import data as data_lib
+    from cnn.config import compose
+
+    peaks = {p: matmul_peak(p) for p in ("float32", "bfloat16")}
+    config = config_for(args.dataset, args.data_dir, "float32", max(args.steps_per_loop), args.batch_size)
+    start = time.perf_counter()
+    contenders = [(f"`dataset={args.dataset}`, in memory (IDX files)", data_lib.load(args.dataset, args.data_dir,
+                                                                                     download=False))]
+    loads = [time.perf_counter() - start]
+    with tempfile.TemporaryDirectory() as cache_dir:
+        for cache in ("memory", "disk", "none"):
+            folder = compose("dataset=image_folder", f"dataset.data_dir={os.path.abspath(args.image_folder)}",
+                             f"dataset.cache={cache}", f"dataset.cache_dir={cache_dir}/{cache}")
+            start = time.perf_counter()
+            contenders.append((f"`dataset=image_folder dataset.cache={cache}` (PNG files)",
+                               data_lib.load_dataset(folder.dataset)))
+            loads.append(time.perf_counter() - start)
+        runs = [prepare_epochs(config, data, args.steps) for _, data in contenders]
+        turns = round_robin(runs, args.repeats)
+    images = args.steps * args.batch_size
+    return {"peaks": peaks, "config": config, "train_images": len(contenders[0][1].x_train),
+            "rows": [(what, load, images / statistics.median(t), images / min(t))
+                     for (what, _), load, t in zip(contenders, loads, turns)]}
+
+
+def image_folder_table(args, m: dict) -> list[str]:
+    lines = [f"Machine: {machine()}.", "",
+             f"Book CNN, float32, batch {args.batch_size}, steps_per_loop={m['config'].steps_per_loop}, trained "
+             f"from the training pipeline itself (each repetition a new epoch's shuffle, its images read as "
+             f"they are fed); {args.steps} steps per repetition, {args.repeats} repetitions in turns after two "
+             f"warm-ups. Matmul peak measured in the same run: "
+             + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in m["peaks"].items())
+             + f". Loading: the first load of the {m['train_images']:,} training images and the test set "
+               "(for the folder: finding, fingerprinting and decoding every file; with disk, writing the cache).",
+             "", "| data | first load | images/s (median) | best turn | vs in memory |", "|---|---:|---:|---:|---:|"]
+    reference = m["rows"][0][2]
+    return lines + [f"| {what} | {load:.1f} s | {median:,.0f} | {best:,.0f} | {median / reference:.2f}x |"
+                    for what, load, median, best in m["rows"]]
+
+
 def prepare_fit(config, data, steps: int):
     """Keras Model.fit of the same model, warmed up; `run()` is one fit epoch of `steps`
     steps and returns that epoch's time, from Keras' own epoch callbacks."""
@@ -466,15 +540,18 @@ def main(argv=None) -> None:
     parser.add_argument("--replicas", type=int, nargs="+",
                         help="instead: images/s against the replicas of distribute=mirrored, e.g. --replicas 1 2 "
                              "(GPUs, or logical CPUs without them); in a fresh process")
+    parser.add_argument("--image-folder",
+                        help="instead: images/s of dataset=image_folder on this folder (the same data as --data-dir, "
+                             "written out by `python -m cnn.to_folder`) with each cache, against --data-dir in memory")
     parser.add_argument("--out", help="also write the Markdown report here")
     args = parser.parse_args(argv)
 
     from cnn.console import import_tensorflow
 
     import_tensorflow()
-    if args.replicas:
-        m = measure_replicas(args)
-        report = "\n".join(replica_table(args, m)) + "\n"
+    if args.replicas or args.image_folder:
+        m = measure_replicas(args) if args.replicas else measure_image_folder(args)
+        report = "\n".join(replica_table(args, m) if args.replicas else image_folder_table(args, m)) + "\n"
         print(report)
         if args.out:
             Path(args.out).write_text(report)
