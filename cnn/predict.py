@@ -6,10 +6,11 @@ Prints one line per image: its path, the predicted class and its probability (wi
 `--top K`, the K most probable). `--json` prints one JSON document instead. Needs
 TensorFlow and the export only: no config, no checkpoint, no Hydra.
 
-Images are read as TensorFlow decodes them (PNG, JPEG, BMP, GIF: its first frame).
-One with another channel count than the model takes is converted (RGB to grayscale
-with TensorFlow's luma weights, grayscale to RGB by repetition, alpha dropped); one of
-another size is resized (bilinear, as tf.image.resize does); each conversion is named
+Images are read as `dataset=image_folder` reads them for training (PNG, JPEG, BMP,
+GIF: its first frame). One with another channel count than the model takes is
+converted (RGB to grayscale with TensorFlow's luma weights, grayscale to RGB by
+repetition, alpha dropped); one of another size is resized (bilinear, as Keras'
+image_dataset_from_directory does, then rounded to uint8); each conversion is named
 on stderr. Every image is read before any is classified: a file that cannot be read
 or decoded stops the command with one line naming it, and nothing is printed.
 """
@@ -46,30 +47,26 @@ def load_export(directory: Path):
 
 
 def read_image(path: Path, shape: tuple, notes: list):
-    """The image at `path` as uint8 (H, W, C) of the export's shape; conversions go to `notes`."""
+    """The image at `path` as uint8 (H, W, C) of the export's shape, converted as training's
+    image folders are (`cnn.image_folder.decode`); conversions go to `notes`."""
     import tensorflow as tf
+
+    from cnn.image_folder import decode
 
     height, width, channels = shape
     try:
-        image = tf.io.decode_image(path.read_bytes(), expand_animations=False)
+        contents = path.read_bytes()
+        have = tf.io.decode_image(contents, expand_animations=False).shape
     except FileNotFoundError:
         raise PredictError(f"{path}: no such file") from None
     except (OSError, tf.errors.OpError) as e:
         reason = getattr(e, "message", str(e)).strip().splitlines()[0][:160]
         raise PredictError(f"{path}: not a decodable image ({reason}); PNG, JPEG, BMP and GIF are read") from None
-    have = image.shape[-1]
-    if have != channels:
-        if have in (2, 4):  # gray + alpha, RGB + alpha: the alpha goes
-            image = image[..., :have - 1]
-        if channels == 1 and image.shape[-1] == 3:
-            image = tf.cast(tf.round(tf.image.rgb_to_grayscale(tf.cast(image, tf.float32))), tf.uint8)
-        elif channels == 3 and image.shape[-1] == 1:
-            image = tf.image.grayscale_to_rgb(image)
-        notes.append(f"{path}: {have} channel(s) converted to {channels}, as the model takes")
-    if tuple(image.shape[:2]) != (height, width):
-        notes.append(f"{path}: resized from {image.shape[1]}x{image.shape[0]} to {width}x{height}")
-        image = tf.cast(tf.clip_by_value(tf.round(tf.image.resize(image, (height, width))), 0, 255), tf.uint8)
-    return image
+    if have[-1] != channels:
+        notes.append(f"{path}: {have[-1]} channel(s) converted to {channels}, as the model takes")
+    if tuple(have[:2]) != (height, width):
+        notes.append(f"{path}: resized from {have[1]}x{have[0]} to {width}x{height}")
+    return decode(contents, height, width, channels)
 
 
 def predict(directory: Path, paths: list[Path], top: int = 1) -> tuple[list[dict], list[str]]:

@@ -54,3 +54,27 @@ def empty_keras_cache(tmp_path, monkeypatch):
 @pytest.fixture
 def tiny_data(tmp_path) -> Path:
     return write_idx_dataset(tmp_path / "tiny")
+
+
+FORMATS = ("png", "jpg", "bmp", "gif")
+
+
+def write_image_folder(root: Path, classes=("cat", "dog", "eel"), per_class=12, seed=0, formats=FORMATS,
+                       modes=("L", "RGB")) -> Path:
+    """A folder of learnable images in Keras' layout, root/<class>/<i>.<ext>: class k is a
+    bright band across the k-th third of the rows, on noise; odd sizes, the formats and
+    colour modes in turn. Returns root."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            height, width = (int(d) for d in rng.integers(18, 34, 2))
+            image = rng.integers(0, 60, (height, width, 3)).astype(np.uint8)
+            third = height // len(classes)
+            image[k * third:(k + 1) * third] = (255, 220, 200)
+            mode = modes[i % len(modes)]
+            picture = Image.fromarray(image).convert(mode)
+            picture.save(root / name / f"{i:03d}.{formats[i % len(formats)]}")
+    return root

@@ -136,7 +136,15 @@ def test_multirun_2x2_gives_each_job_its_own_checkpoints(tmp_path, tiny_data):
     ["lr=0.01", "epochs=12", "early_stopping.patience=1"],
 ], ids=["book_cnn", "bn_cnn-exponential", "early_stopping"])
 def test_sigkill_at_a_random_step_then_rerun_is_bitwise_exact(tmp_path, settings):
-    common = [*SAMPLE_RUN, *settings, "checkpoint.every_n_steps=5", "checkpoint.keep=2"]
+    straight = sigkill_then_rerun(tmp_path, [*SAMPLE_RUN, *settings, "checkpoint.every_n_steps=5", "checkpoint.keep=2"])
+    if "early_stopping.patience=1" in settings:
+        assert straight["stopped_early"] and straight["epochs"] < 12
+
+
+def sigkill_then_rerun(tmp_path, common) -> dict:
+    """Trains `common` straight through, and again with a SIGKILL at a random step (after
+    a checkpoint of at least step 5) and a rerun; asserts the two end bitwise equal, in
+    every variable, metrics.csv row and result. Returns the straight run's results."""
     train(tmp_path, *common, "checkpoint.dir=straight", "hydra.run.dir=r0")
     straight = json.loads((tmp_path / "r0" / "results.json").read_text())
     steps = straight["steps"]  # 36 an epoch
@@ -164,8 +172,7 @@ def test_sigkill_at_a_random_step_then_rerun_is_bitwise_exact(tmp_path, settings
         assert resumed[key] == straight[key], key
     assert_same_checkpoint(straight["best_checkpoint"].replace("straight", str(tmp_path / "straight"), 1),
                            resumed["best_checkpoint"].replace("killed", str(tmp_path / "killed"), 1))
-    if "early_stopping.patience=1" in settings:
-        assert straight["stopped_early"] and straight["epochs"] < 12
+    return straight
 
 
 def test_an_ensemble_of_bn_cnn_trains_and_evaluates_from_the_command_line(tmp_path, tiny_data):
