@@ -62,7 +62,7 @@ def test_missing_data_is_one_clear_line(tmp_path):
     ("batch_sise=10", "batch_sise: no such key (did you mean batch_size?)"),
     ("+batch_sise=10", "batch_sise: no such key (did you mean batch_size?)"),
     ("lr=abc", "lr: Value 'abc' of type 'str' could not be converted to Float"),
-    ("dataset=foo", "dataset=foo: no such option; available: cifar10, fashion_mnist, mnist"),
+    ("dataset=foo", "dataset=foo: no such option; available: cifar10, fashion_mnist, image_folder, mnist"),
     ("model.size=3", "model.size=3: book_cnn does not take it"),
     ("dataset.validation_split=1.5", "dataset.validation_split=1.5: must be in [0, 1)"),
     ("early_stopping.patience=-1", "early_stopping.patience=-1: must be >= 0"),

@@ -56,7 +56,7 @@ def test_bad_overrides_are_rejected(override, message):
     ("+batch_sise=10", "batch_sise: no such key (did you mean batch_size?)"),
     ("+model.foo=1", "model.foo: no such key"),
     ("lr=abc", "lr: Value 'abc' of type 'str' could not be converted to Float"),
-    ("dataset=foo", "dataset=foo: no such option; available: cifar10, fashion_mnist, mnist"),
+    ("dataset=foo", "dataset=foo: no such option; available: cifar10, fashion_mnist, image_folder, mnist"),
 ])
 def test_bad_overrides_are_one_line_errors(override, message):
     with pytest.raises(ConfigError) as e:
