@@ -56,7 +56,7 @@ class Data:
     """A dataset: uint8 images (N, H, W, C) and int32 labels (N,).
 
     The images are arrays in memory, or for `dataset=image_folder` with cache=disk|none,
-    `ImageFiles` that stand in for them (read as the pipelines need them).
+    `StoredImages` that stand in for them (read as the pipelines need them).
     x_val, y_val: the validation set held out of the training set by `split_validation`
     (None before, or with a split of 0).
     fingerprint: what identifies the data, when not its content (an image folder's files).
@@ -411,26 +411,35 @@ def pipeline_options():
 
 
 def _slices(x, y):
-    """`from_tensor_slices` over (images, labels), and whether the images are still files.
+    """`from_tensor_slices` over (images, labels), and the images' store (None for an array).
 
-    For an array the elements are (uint8 image, label); for ImageFiles (an image folder with
-    cache=disk|none) (path, label), made images by `_read` after any shuffle, so that the
-    order is decided before anything is read.
+    For an array the elements are (uint8 image, label). For images kept out of memory (an
+    image folder with cache=disk|none) they are (key, label): a file path or an index, made
+    an image by `_read_element` (before batching) and `_read_batch` (after), once any
+    shuffle has ordered them, so the order is decided before anything is read.
     """
     import tensorflow as tf
 
-    from cnn.image_folder import ImageFiles
+    from cnn.image_folder import StoredImages
 
-    files = isinstance(x, ImageFiles)
-    return tf.data.Dataset.from_tensor_slices((x.paths if files else x, y)), (x.read if files else None)
+    stored = x if isinstance(x, StoredImages) else None
+    return tf.data.Dataset.from_tensor_slices((x.keys if stored else x, y)), stored
 
 
-def _read(ds, read):
+def _read_element(ds, stored):
     import tensorflow as tf
 
-    if read is None:
+    if stored is None:
         return ds
-    return ds.map(lambda path, label: (read(path), label), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(lambda key, label: (stored.read_element(key), label), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _read_batch(ds, stored):
+    import tensorflow as tf
+
+    if stored is None:
+        return ds
+    return ds.map(lambda keys, labels: (stored.read_batch(keys), labels), num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epoch: int,
@@ -440,15 +449,15 @@ def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epoc
 
     The order, and the augmentation when max_rotation, max_shift or flip is set, depend
     only on (seed, epoch, batch index), so a resumed run sees the same batches. `x` is an
-    array or ImageFiles: files are shuffled as paths, then read (decoded) in parallel.
+    array or stored images: their keys (paths, indices) are shuffled, then read in parallel.
     """
     import tensorflow as tf
 
     this_epoch = epoch_seed(seed, epoch)
-    ds, read = _slices(x, y)
+    ds, stored = _slices(x, y)
     ds = ds.shuffle(len(x), seed=this_epoch, reshuffle_each_iteration=False)
-    ds = _read(ds.skip(skip_batches * batch_size), read)  # skipped images are not read
-    ds = ds.batch(batch_size).enumerate(start=skip_batches)  # (batch index, (images, labels))
+    ds = _read_element(ds.skip(skip_batches * batch_size), stored)  # skipped images are not read
+    ds = _read_batch(ds.batch(batch_size), stored).enumerate(start=skip_batches)  # (batch index, (images, labels))
 
     def prepare(index, batch):
         images, labels = _normalize(*batch)
@@ -483,9 +492,10 @@ def _evaluation_batches(x, y, batch_size: int):
     would not fit."""
     import tensorflow as tf
 
-    ds, read = _slices(x, y)
-    ds = _read(ds, read).batch(batch_size).map(_normalize, num_parallel_calls=tf.data.AUTOTUNE)
-    if read is None:
+    ds, stored = _slices(x, y)
+    ds = _read_batch(_read_element(ds, stored).batch(batch_size), stored)
+    ds = ds.map(_normalize, num_parallel_calls=tf.data.AUTOTUNE)
+    if stored is None:
         ds = ds.cache()
     return ds.prefetch(tf.data.AUTOTUNE).with_options(pipeline_options())
 

@@ -15,7 +15,8 @@ datasets' are. An image already of that size is not changed.
 
 `dataset.cache` says where the decoded images live while training:
   memory  decoded once, held in memory as a uint8 array (what the built-in datasets do);
-  disk    decoded once into `cache_dir` (one raw file per image), read from there each epoch;
+  disk    decoded once into one file in `cache_dir` (N x H x W x C bytes), read from there
+          a batch at a time through a memory map;
   none    decoded from the original files each time they are read.
 All three feed the network the same pixels in the same order, so they give the same
 numbers; `disk` and `none` train on folders larger than memory. Every file is decoded
@@ -54,7 +55,8 @@ EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # keras.utils.image_data
 COLOR_MODES = {"grayscale": 1, "rgb": 3}
 CACHES = ("memory", "disk", "none")
 TEST_SPLIT_SEED = 30_000_000  # like the validation split: a function of the folder and the fraction only
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+PIXELS = "pixels.u8"  # cache=disk: every image of the folder, decoded, (N, H, W, C) uint8
 
 
 # --- Decoding: shared by training, the cache and `python -m cnn.predict` ------------------
@@ -77,55 +79,110 @@ def decode(contents, height: int, width: int, channels: int):
     return tf.ensure_shape(image, (height, width, channels))
 
 
-@dataclass(frozen=True, eq=False)
-class ImageFiles:
-    """Images on disk that stand in for a uint8 (N, H, W, C) array: `len`, `shape`,
-    indexing with an index array (a subset), and `dataset()`/`numpy()` to read them.
+class StoredImages:
+    """Images kept out of memory that stand in for a uint8 (N, H, W, C) array in the pipelines:
+    `len`, `shape`, indexing with an index array (a subset), `numpy()`.
 
-    `raw`: the files hold decoded pixels (cache=disk), not encoded images.
+    `keys` are what `from_tensor_slices` slices (and the shuffle orders); `read_element`
+    makes one key an image before batching, `read_batch` a batch of keys a batch of images
+    after it. Each leaves what the other does as it is.
     """
+
+    height: int
+    width: int
+    channels: int
+
+    @property
+    def keys(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def shape(self) -> tuple:
+        return (len(self), self.height, self.width, self.channels)
+
+    def read_element(self, key):
+        return key
+
+    def read_batch(self, keys):
+        return keys
+
+    def numpy(self) -> np.ndarray:
+        import tensorflow as tf
+
+        out = np.zeros(self.shape, np.uint8)
+        ds = tf.data.Dataset.from_tensor_slices(self.keys).map(self.read_element, num_parallel_calls=tf.data.AUTOTUNE)
+        for i, batch in enumerate(ds.batch(256).map(self.read_batch).as_numpy_iterator()):
+            out[i * 256:i * 256 + len(batch)] = batch
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class ImageFiles(StoredImages):
+    """Image files, decoded each time they are read (cache=none)."""
 
     paths: np.ndarray  # str, (N,)
     height: int
     width: int
     channels: int
-    raw: bool = False
-
-    def __len__(self) -> int:
-        return len(self.paths)
 
     @property
-    def shape(self) -> tuple:
-        return (len(self.paths), self.height, self.width, self.channels)
+    def keys(self) -> np.ndarray:
+        return self.paths
 
     def __getitem__(self, index) -> "ImageFiles":
-        return ImageFiles(self.paths[index], self.height, self.width, self.channels, self.raw)
+        return ImageFiles(self.paths[index], self.height, self.width, self.channels)
 
-    def read(self, path):
+    def read_element(self, path):
         """One file -> uint8 (H, W, C); for a tf.data map."""
         import tensorflow as tf
 
-        contents = tf.io.read_file(path)
-        if self.raw:
-            return tf.reshape(tf.io.decode_raw(contents, tf.uint8), (self.height, self.width, self.channels))
-        return decode(contents, self.height, self.width, self.channels)
+        return decode(tf.io.read_file(path), self.height, self.width, self.channels)
 
-    def dataset(self):
-        """The images, in order, as a tf.data.Dataset of uint8 (H, W, C)."""
+
+_PIXEL_FILES: dict = {}  # (path, inode) -> np.memmap, opened once per process
+
+
+@dataclass(frozen=True, eq=False)
+class PixelFile(StoredImages):
+    """Decoded images in one uint8 file, (count, H, W, C) in C order (cache=disk), read a
+    batch at a time by index: a memory map, so a file larger than memory is paged in as read."""
+
+    path: str
+    count: int
+    indices: np.ndarray  # int64, (N,): which images of the file, in this order
+    height: int
+    width: int
+    channels: int
+
+    @property
+    def keys(self) -> np.ndarray:
+        return self.indices
+
+    def __getitem__(self, index) -> "PixelFile":
+        return PixelFile(self.path, self.count, self.indices[index], self.height, self.width, self.channels)
+
+    def _gather(self, indices: np.ndarray) -> np.ndarray:
+        opened = (self.path, os.stat(self.path).st_ino)  # a cache rebuilt since is another file
+        pixels = _PIXEL_FILES.get(opened)
+        if pixels is None:
+            pixels = _PIXEL_FILES[opened] = np.memmap(self.path, np.uint8, "r",
+                                                      shape=(self.count, self.height, self.width, self.channels))
+        return np.asarray(pixels[indices])
+
+    def read_batch(self, indices):
+        """A batch of indices -> uint8 (B, H, W, C); for a tf.data map."""
         import tensorflow as tf
 
-        return tf.data.Dataset.from_tensor_slices(self.paths).map(self.read, num_parallel_calls=tf.data.AUTOTUNE)
-
-    def numpy(self) -> np.ndarray:
-        out = np.zeros(self.shape, np.uint8)
-        for i, batch in enumerate(self.dataset().batch(256).as_numpy_iterator()):
-            out[i * 256:i * 256 + len(batch)] = batch
-        return out
+        images = tf.numpy_function(self._gather, [indices], tf.uint8, stateful=False)
+        return tf.ensure_shape(images, (None, self.height, self.width, self.channels))
 
 
 def as_array(images) -> np.ndarray:
-    """A uint8 array of `images` (an array, or ImageFiles read now): for the few that plots show."""
-    return images.numpy() if isinstance(images, ImageFiles) else images
+    """A uint8 array of `images` (an array, or stored images read now): for the few that plots show."""
+    return images.numpy() if isinstance(images, StoredImages) else images
 
 
 # --- Finding the files ----------------------------------------------------------------------
@@ -204,7 +261,7 @@ def _reason(path: Path, files: ImageFiles) -> str:
     import tensorflow as tf
 
     try:
-        files.read(str(path))
+        files.read_element(str(path))
     except (OSError, tf.errors.OpError) as e:
         return getattr(e, "message", str(e)).strip().splitlines()[0][:160]
     return "unreadable"
@@ -217,7 +274,7 @@ def _decode_all(files: ImageFiles, store) -> list[int]:
 
     indices = tf.data.Dataset.range(len(files))
     ds = tf.data.Dataset.zip(indices, tf.data.Dataset.from_tensor_slices(files.paths))
-    ds = ds.map(lambda i, p: (i, files.read(p)), num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+    ds = ds.map(lambda i, p: (i, files.read_element(p)), num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
     seen = np.zeros(len(files), bool)
     for index, images in ds.batch(256).prefetch(2).as_numpy_iterator():
         seen[index] = True
@@ -252,12 +309,7 @@ def _prepare(root: Path, files: ImageFiles, cache: str, cache_dir: Path, key: st
     bad = index["bad"]
     if cache == "none":
         return files, bad
-    raw = np.array([str(directory / _raw_name(i)) for i in range(len(files))])
-    return ImageFiles(raw, files.height, files.width, files.channels, raw=True), bad
-
-
-def _raw_name(i: int) -> str:
-    return f"{i // 1000:05d}/{i:08d}.u8"
+    return PixelFile(str(directory / PIXELS), len(files), np.arange(len(files)), *files.shape[1:]), bad
 
 
 def _read_index(directory: Path, count: int, cache: str) -> Optional[dict]:
@@ -283,15 +335,14 @@ def _build_cache(files: ImageFiles, cache: str, cache_dir: Path, key: str) -> Pa
     log.info("dataset.cache=%s: checking %d images%s, once for this folder (in %s)", cache, len(files),
              " and writing their pixels" if cache == "disk" else "", target)
 
-    def store(indices, images):
-        if cache == "disk":
-            for i, image in zip(indices, images):
-                path = staging / _raw_name(int(i))
-                path.parent.mkdir(exist_ok=True)
-                path.write_bytes(image.tobytes())
-
     try:
-        bad = _decode_all(files, store)
+        if cache == "disk":
+            pixels = np.memmap(staging / PIXELS, np.uint8, "w+", shape=files.shape)
+            bad = _decode_all(files, lambda i, images: pixels.__setitem__(i, images))
+            pixels.flush()
+            del pixels
+        else:
+            bad = _decode_all(files, lambda i, images: None)
         (staging / "index.json").write_text(json.dumps({"version": CACHE_VERSION, "files": len(files),
                                                         "pixels": cache == "disk", "bad": bad}))
         if target.exists() and _read_index(target, len(files), cache) is None:

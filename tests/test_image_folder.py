@@ -92,8 +92,8 @@ def test_memory_disk_and_none_feed_the_same_batches(folder, tmp_path):
                                                     cache_dir=cache_dir), 0.1)
               for cache in ("memory", "disk", "none")}
     assert isinstance(loaded["memory"].x_train, np.ndarray)
-    assert isinstance(loaded["disk"].x_train, image_folder.ImageFiles) and loaded["disk"].x_train.raw
-    assert isinstance(loaded["none"].x_train, image_folder.ImageFiles) and not loaded["none"].x_train.raw
+    assert isinstance(loaded["disk"].x_train, image_folder.PixelFile)
+    assert isinstance(loaded["none"].x_train, image_folder.ImageFiles)
     assert len({data_lib.fingerprint(d) for d in loaded.values()}) == 1
     feeds = {}
     for cache, d in loaded.items():
