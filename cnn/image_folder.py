@@ -294,7 +294,7 @@ def _bad_files_message(root: Path, files: ImageFiles, bad: list[int], skip: bool
 
 def _prepare(root: Path, files: ImageFiles, cache: str, cache_dir: Path, key: str):
     """(the images to train on, indices of bad files): an array, or ImageFiles of the
-    originals (none) or of the decoded raw files (disk)."""
+    originals (none) or a PixelFile of their decoded pixels (disk)."""
     if cache == "memory":
         log.info("dataset.cache=memory: decoding %d images into memory (%.0f MB)", len(files),
                  np.prod(files.shape) / 1e6)

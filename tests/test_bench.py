@@ -55,3 +55,22 @@ def test_the_replica_benchmark_runs_on_tiny_sizes(tmp_path):
                  "`distribute=mirrored`, 1 replica (logical CPUs)", "`distribute=mirrored`, 2 replicas (logical CPUs)"):
         row = next(line for line in report.splitlines() if what in line)
         assert float(row.split("|")[2].replace(",", "")) > 0, row
+
+
+@pytest.mark.slow
+def test_the_image_folder_benchmark_runs_on_tiny_sizes(tmp_path):
+    from cnn import to_folder
+
+    folder = tmp_path / "png"
+    assert to_folder.main([str(folder), "--dataset", "mnist", "--data-dir", str(SAMPLE)]) == 0
+    out = tmp_path / "folders.md"
+    try:
+        bench.main(["--dataset", "mnist", "--data-dir", str(SAMPLE), "--image-folder", str(folder), "--steps", "3",
+                    "--repeats", "1", "--batch-size", "50", "--steps-per-loop", "3", "--out", str(out)])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    report = out.read_text()
+    assert "the first load of the 2,000 training images" in report
+    for what in ("`dataset=mnist`, in memory", "dataset.cache=memory", "dataset.cache=disk", "dataset.cache=none"):
+        row = next(line for line in report.splitlines() if what in line)
+        assert re.fullmatch(r" \d+\.\d s ", row.split("|")[2]) and float(row.split("|")[3].replace(",", "")) > 0, row
