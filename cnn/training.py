@@ -56,13 +56,13 @@ def train_and_evaluate(config: Config, workdir: str | Path, started: Optional[fl
     started = time.time() if started is None else started
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    placement = distribute.create(config)  # before anything runs on the devices (an image folder's decoding)
     data = data_lib.load_dataset(config.dataset)
     directory, ident = run.checkpoint_dir_and_identity(config, data)
     data = data_lib.split_validation(data, config.dataset.validation_split)
     finished = run.finished_results(config, directory, ident)
     if finished is not None:
         return reporting.report_skipped(finished, directory, workdir)
-    placement = distribute.create(config)  # before anything runs on the devices
     run.setup(config)
     with placement.scope():
         state = run.create_state(config, data)
