@@ -252,3 +252,23 @@ def test_a_bad_folder_on_the_command_line_is_one_line_and_writes_nothing(tmp_pat
     (line,) = [l for l in output.splitlines() if "ERROR" in l]
     assert "dog/broken.jpg: not a decodable image" in line and "dataset.skip_bad_files=true" in line
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_every_cache_trains_to_the_same_weights_and_numbers(folder, tmp_path):
+    from test_training import assert_same_checkpoint, rows_without_timing  # noqa: PLC0415
+
+    from cnn import training
+
+    results = {}
+    for cache in ("memory", "disk", "none"):
+        config = folder_config(folder, "dataset.image_size=[16,16]", f"dataset.cache={cache}", "epochs=2",
+                               "batch_size=9", "dataset.augment=true", "model=bn_cnn", "progress=false",
+                               "summaries=false", f"checkpoint.dir={tmp_path / cache}", cache_dir=tmp_path / "cache")
+        results[cache] = training.train_and_evaluate(config, tmp_path / cache / "run")
+    for cache in ("disk", "none"):
+        steps = results["memory"]["steps"]
+        assert_same_checkpoint(tmp_path / "memory" / f"ckpt-{steps}", tmp_path / cache / f"ckpt-{steps}")
+        assert rows_without_timing(tmp_path / cache / "metrics.csv") == rows_without_timing(
+            tmp_path / "memory" / "metrics.csv")
+        for key in ("test_accuracy", "test_loss", "val_loss", "weights_digest"):
+            assert results[cache][key] == results["memory"][key], key
