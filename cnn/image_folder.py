@@ -35,11 +35,15 @@ the same run, and copying DIR without keeping modification times (`cp -r`, not
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
+import socket
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -224,13 +228,17 @@ def _scan(directory: Path, class_names: Optional[list[str]] = None) -> tuple[lis
 
 def find(data_dir: Optional[str]) -> tuple[Path, bool]:
     """(the folder, whether it holds train/ and test/ splits); DataError when it is not usable."""
-    if data_dir is None:
+    if not data_dir:
         raise DataError("dataset=image_folder needs dataset.data_dir=/path/to/folder (one subfolder of images "
                         "per class, or train/ and test/ holding those)")
     root = Path(data_dir).expanduser()
     if not root.is_dir():
         raise DataError(f"dataset.data_dir={data_dir}: no such directory")
-    if not any(root.iterdir()):
+    try:
+        empty = not any(root.iterdir())
+    except OSError as e:
+        raise DataError(f"dataset.data_dir={data_dir}: cannot read it ({e.strerror})") from None
+    if empty:
         raise DataError(f"dataset.data_dir={data_dir}: the folder is empty; put one subfolder of images per "
                         "class in it (DIR/<class>/<image>)")
     return root, (root / "train").is_dir() and (root / "test").is_dir()
@@ -240,21 +248,24 @@ def folder_fingerprint(root: Path, paths: list[Path], shape: tuple) -> str:
     """A digest of every file's path below `root`, size and modification time, and the image shape."""
     digest = hashlib.sha1(json.dumps(list(shape)).encode())
     for path in paths:
-        stat = path.stat()
+        try:
+            stat = path.stat()
+        except OSError as e:  # a dangling link, a file removed meanwhile, no permission
+            raise DataError(f"{path}: cannot read it ({e.strerror}); remove it or fix it") from None
         digest.update(f"{path.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
-# --- Checking and caching ----------------------------------------------------------------------
-
-def _first_shape(path: Path) -> tuple[int, int, int]:
+def _first_shape(paths: list[Path]) -> tuple[Path, tuple[int, int, int]]:
+    """The first of `paths` that decodes, and its (height, width, channels); DataError if none does."""
     import tensorflow as tf
 
-    try:
-        image = tf.io.decode_image(path.read_bytes(), expand_animations=False)
-    except (OSError, tf.errors.OpError):
-        return (0, 0, 0)  # named with the other bad files by the check
-    return tuple(int(d) for d in image.shape)
+    for path in paths:
+        try:
+            return path, tuple(int(d) for d in tf.io.decode_image(path.read_bytes(), expand_animations=False).shape)
+        except (OSError, tf.errors.OpError):
+            continue  # named with the other bad files by the check
+    raise DataError(f"{paths[0].parent.parent}: no training image decodes; PNG, JPEG, BMP and GIF are read")
 
 
 def _reason(path: Path, files: ImageFiles) -> str:
@@ -302,42 +313,56 @@ def _prepare(root: Path, files: ImageFiles, cache: str, cache_dir: Path, key: st
         bad = _decode_all(files, lambda i, images: out.__setitem__(i, images))
         return out, bad
     directory = cache_dir / key
-    index = _read_index(directory, len(files), cache)
+    index = _read_index(directory, len(files), cache, files.shape)
     if index is None:
         directory = _build_cache(files, cache, cache_dir, key)
-        index = _read_index(directory, len(files), cache)
+        index = _read_index(directory, len(files), cache, files.shape)
     bad = index["bad"]
     if cache == "none":
         return files, bad
     return PixelFile(str(directory / PIXELS), len(files), np.arange(len(files)), *files.shape[1:]), bad
 
 
-def _read_index(directory: Path, count: int, cache: str) -> Optional[dict]:
+def _read_index(directory: Path, count: int, cache: str, shape: tuple) -> Optional[dict]:
+    """The cache's record of its check, if it is complete for `cache` (with disk: its pixel
+    file whole), else None."""
     try:
         index = json.loads((directory / "index.json").read_text())
-    except (OSError, ValueError):
+        pixels = (directory / PIXELS).stat().st_size if index.get("pixels") else None
+    except (OSError, ValueError, AttributeError):
         return None
     complete = index.get("version") == CACHE_VERSION and index.get("files") == count
-    return index if complete and (cache == "none" or index.get("pixels")) else None
+    if cache == "disk":
+        complete = complete and pixels == int(np.prod(shape))
+    return index if complete else None
+
+
+STALE_SECONDS = 24 * 3600  # a staging folder this old was left by a process that died building it
 
 
 def _build_cache(files: ImageFiles, cache: str, cache_dir: Path, key: str) -> Path:
     """Checks every file (and with cache=disk writes its pixels) into a staging folder renamed
-    to cache_dir/key: another process building the same cache at once leaves one whole copy."""
+    to cache_dir/key: processes building the same cache at once, on one machine or several
+    sharing cache_dir, leave one whole copy; a full disk is a DataError, not half a cache."""
     target = cache_dir / key
-    staging = cache_dir / f".{key}.{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = cache_dir / f".{key}.{socket.gethostname()}.{uuid.uuid4().hex}"
     try:
         staging.mkdir(parents=True)
     except OSError as e:
-        raise DataError(f"dataset.cache_dir={cache_dir}: cannot write there ({e}); pass another "
+        raise DataError(f"dataset.cache_dir={cache_dir}: cannot write there ({e.strerror}); pass another "
                         "dataset.cache_dir or dataset.cache=memory") from None
+    for old in cache_dir.glob(".*.*"):  # left by processes that died building a cache
+        with contextlib.suppress(OSError):
+            if old != staging and time.time() - old.stat().st_mtime > STALE_SECONDS:
+                shutil.rmtree(old, ignore_errors=True)
     log.info("dataset.cache=%s: checking %d images%s, once for this folder (in %s)", cache, len(files),
              " and writing their pixels" if cache == "disk" else "", target)
-
     try:
         if cache == "disk":
-            pixels = np.memmap(staging / PIXELS, np.uint8, "w+", shape=files.shape)
+            with open(staging / PIXELS, "wb") as f:  # the space taken now: a full disk is an OSError here,
+                allocate = getattr(os, "posix_fallocate", None)  # not a SIGBUS in the map (Linux; not macOS)
+                allocate(f.fileno(), 0, int(np.prod(files.shape))) if allocate else f.truncate(int(np.prod(files.shape)))
+            pixels = np.memmap(staging / PIXELS, np.uint8, "r+", shape=files.shape)
             bad = _decode_all(files, lambda i, images: pixels.__setitem__(i, images))
             pixels.flush()
             del pixels
@@ -345,17 +370,18 @@ def _build_cache(files: ImageFiles, cache: str, cache_dir: Path, key: str) -> Pa
             bad = _decode_all(files, lambda i, images: None)
         (staging / "index.json").write_text(json.dumps({"version": CACHE_VERSION, "files": len(files),
                                                         "pixels": cache == "disk", "bad": bad}))
-        if target.exists() and _read_index(target, len(files), cache) is None:
-            shutil.rmtree(target, ignore_errors=True)  # an older or checked-only cache: replaced
-        try:
+        if target.exists() and _read_index(target, len(files), cache, files.shape) is None:
+            shutil.rmtree(target, ignore_errors=True)  # an older, damaged or checked-only cache: replaced
+        with contextlib.suppress(OSError):  # another process finished first: its copy is the same
             staging.rename(target)
-        except OSError:  # another process finished first: its copy is the same
-            pass
     except OSError as e:
-        raise DataError(f"dataset.cache_dir={cache_dir}: cannot write the cache ({e}); free space, pass "
+        raise DataError(f"dataset.cache_dir={cache_dir}: cannot write the cache ({e.strerror}); free space, pass "
                         "another dataset.cache_dir, or use dataset.cache=memory") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if _read_index(target, len(files), cache, files.shape) is None:
+        raise DataError(f"dataset.cache_dir={cache_dir}: {target} is not a usable cache and cannot be replaced; "
+                        "delete it, or pass another dataset.cache_dir")
     return target
 
 
@@ -374,19 +400,16 @@ def load(dataset):
     else:
         class_names, train_paths, y_train = _scan(root)
         test_paths, y_test = [], np.zeros(0, np.int32)
-    if dataset.image_size is not None:
+    if dataset.image_size is not None and dataset.color_mode is not None:
         height, width = dataset.image_size
-    else:
-        height, width = _first_shape(train_paths[0])[:2]
-        log.info("dataset.image_size=[%d, %d]: the first training image's (%s)", height, width, train_paths[0])
-    if dataset.color_mode is not None:
         channels = COLOR_MODES[dataset.color_mode]
-    else:
-        channels = 3 if _first_shape(train_paths[0])[2] >= 3 else 1
-        log.info("dataset.color_mode=%s: the first training image's", "rgb" if channels == 3 else "grayscale")
-    if height < 1 or width < 1:
-        raise DataError(f"{train_paths[0]}: not a decodable image, and no dataset.image_size=[H, W] to go by; "
-                        "remove it, or pass dataset.image_size")
+    else:  # what the run was not told: the first training image's (the first that decodes)
+        first, (first_height, first_width, first_channels) = _first_shape(train_paths)
+        height, width = dataset.image_size or (first_height, first_width)
+        channels = COLOR_MODES[dataset.color_mode] if dataset.color_mode else (3 if first_channels >= 3 else 1)
+        guessed = ([f"dataset.image_size=[{height}, {width}]"] if dataset.image_size is None else []) + (
+            [f"dataset.color_mode={'rgb' if channels == 3 else 'grayscale'}"] if dataset.color_mode is None else [])
+        log.info("%s: the first training image's (%s)", ", ".join(guessed), first)
 
     all_paths = train_paths + test_paths
     labels = np.concatenate([y_train, y_test])

@@ -66,7 +66,8 @@ def read_image(path: Path, shape: tuple, notes: list):
         notes.append(f"{path}: {have[-1]} channel(s) converted to {channels}, as the model takes")
     if tuple(have[:2]) != (height, width):
         notes.append(f"{path}: resized from {have[1]}x{have[0]} to {width}x{height}")
-    return decode(contents, height, width, channels)
+    with tf.device("/CPU:0"):  # where tf.data decodes for training: the same arithmetic
+        return decode(contents, height, width, channels)
 
 
 def predict(directory: Path, paths: list[Path], top: int = 1) -> tuple[list[dict], list[str]]:

@@ -118,6 +118,12 @@ def test_memory_disk_and_none_feed_the_same_batches(folder, tmp_path):
     load(folder, "dataset.image_size=[16,16]", "dataset.cache=none", cache_dir=cache_dir)
     assert (built / "index.json").stat().st_mtime_ns == stamp
     assert not [p for p in cache_dir.iterdir() if p.name.startswith(".")]  # no staging left
+    # A damaged cache (its pixel file cut short) is rebuilt, whole.
+    with open(built / image_folder.PIXELS, "r+b") as f:
+        f.truncate(100)
+    rebuilt = load(folder, "dataset.image_size=[16,16]", "dataset.cache=disk", cache_dir=cache_dir)
+    assert (built / image_folder.PIXELS).stat().st_size == np.prod(rebuilt.x_train.shape[1:]) * 36
+    np.testing.assert_array_equal(rebuilt.x_train.numpy(), load(folder, "dataset.image_size=[16,16]").x_train)
 
 
 def test_the_fingerprint_follows_the_files_not_where_the_folder_is(folder, tmp_path):
@@ -145,6 +151,12 @@ def test_a_file_that_does_not_decode_is_named_and_skipped_only_when_asked(folder
     assert "skipped 1 file(s)" in caplog.text and "broken.jpg" in caplog.text
     assert len(data.x_train) + len(data.x_test) == 36
     assert not any("broken" in p for p in data.x_train.paths)
+    # The size and colour a run is not told come from the first training image that decodes.
+    (folder / "cat" / "000.png").rename(folder / "cat" / "000.png.bak")
+    (folder / "cat" / "000.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    first = np.asarray(Image.open(folder / "cat" / "001.jpg"))
+    guessed = load(folder, "dataset.skip_bad_files=true", cache_dir=tmp_path / "c")
+    assert guessed.x_train.shape[1:] == (*first.shape[:2], 3)
 
 
 @pytest.mark.parametrize("make,override,message", [
@@ -154,9 +166,11 @@ def test_a_file_that_does_not_decode_is_named_and_skipped_only_when_asked(folder
     (lambda root: (write_image_folder(root), (root / "fox").mkdir()), "",
      r"fox: class 'fox' has no images"),
     (lambda root: write_image_folder(root, per_class=1), "", r"test_split=0.2: class 'cat' has 1 image"),
+    (lambda root: (write_image_folder(root), (root / "dog" / "gone.png").symlink_to(root / "nowhere.png")), "",
+     r"dog/gone.png: cannot read it \(No such file or directory\); remove it or fix it"),
     (lambda root: (write_image_folder(root / "train"), write_image_folder(root / "test", classes=("cat", "dog"))),
      "", r"class folders \['cat', 'dog'\] differ from the training set's"),
-], ids=["missing", "empty", "one-class", "empty-class", "too-few", "split-classes"])
+], ids=["missing", "empty", "one-class", "empty-class", "too-few", "broken-link", "split-classes"])
 def test_a_bad_folder_is_one_line(tmp_path, make, override, message):
     make(tmp_path / "images")
     with pytest.raises(DataError, match=message) as error:
