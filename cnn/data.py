@@ -473,8 +473,6 @@ def statistics_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
     """`batches` full training batches (fewer when the set is smaller), normalized and not
     augmented, for recomputing batch-norm statistics: the same images every epoch and
     every run of `seed`, drawn apart from the epochs' shuffles (which it leaves untouched)."""
-    import tensorflow as tf
-
     batch_size = min(batch_size, len(x))
     batches = min(batches, len(x) // batch_size)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 2**32 - 1]))  # no epoch uses this one

@@ -303,7 +303,7 @@ def _bad_files_message(root: Path, files: ImageFiles, bad: list[int], skip: bool
     log.warning("dataset.skip_bad_files=true: skipped %d file(s) that do not decode, e.g. %s", len(bad), first)
 
 
-def _prepare(root: Path, files: ImageFiles, cache: str, cache_dir: Path, key: str):
+def _prepare(files: ImageFiles, cache: str, cache_dir: Path, key: str):
     """(the images to train on, indices of bad files): an array, or ImageFiles of the
     originals (none) or a PixelFile of their decoded pixels (disk)."""
     if cache == "memory":
@@ -416,7 +416,7 @@ def load(dataset):
     key = folder_fingerprint(root, all_paths, (height, width, channels))
     files = ImageFiles(np.array([str(p) for p in all_paths]), height, width, channels)
     cache_dir = Path(dataset.cache_dir).expanduser() if dataset.cache_dir else default_cache_dir()
-    images, bad = _prepare(root, files, dataset.cache, cache_dir, key)
+    images, bad = _prepare(files, dataset.cache, cache_dir, key)
     _bad_files_message(root, files, bad, dataset.skip_bad_files)
     good = np.setdiff1d(np.arange(len(files)), bad)
     train = good[good < len(train_paths)]
@@ -428,7 +428,7 @@ def load(dataset):
                                   f"has {n} image(s), too few for one to test and one to train on; add images")
         test, train = train[held], np.delete(train, held)
     for split, chosen, where in (("training", train, root / "train" if has_splits else root),
-                                 ("test", test, root / "test")):
+                                 ("test", test, root / "test" if has_splits else root)):
         missing = sorted(set(range(len(class_names))) - set(labels[chosen].tolist()))
         if missing:
             raise DataError(f"{where}: class '{class_names[missing[0]]}' has no {split} image that decodes; "
