@@ -1,7 +1,7 @@
 """Trains (or evaluates) one configured run: `python train.py dataset=mnist lr=0.001`.
 
 The only Hydra entry point. It turns the composed config into a typed
-`cnn.config.Config` and calls `cnn.training` (or `cnn.evaluation`); TensorFlow
+`cnn.config.Config` and calls `cnn.training.train` (or `cnn.training.evaluate`, `cnn.serving.export`); TensorFlow
 is imported only once a run starts, so `--help` is instant.
 """
 
@@ -20,10 +20,10 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from cnn.config import explain, register_configs, to_config  # noqa: E402
-from cnn.console import import_tensorflow  # noqa: E402
+from cnn.runtime.console import import_tensorflow  # noqa: E402
 from cnn.errors import CnnError  # noqa: E402
-from cnn.history import write_json  # noqa: E402
-from cnn.stopping import Stopped  # noqa: E402
+from cnn.reporting.history import write_json  # noqa: E402
+from cnn.runtime.stopping import Stopped  # noqa: E402
 
 log = logging.getLogger("train")
 register_configs()
@@ -47,17 +47,17 @@ def main(cfg: DictConfig) -> float:
         config = to_config(cfg)
         import_tensorflow()  # without its C++ start-up lines
         if config.mode == "export":
-            from cnn import export  # imports TensorFlow
+            from cnn.serving import export  # imports TensorFlow
 
             export.export_checkpoint(config, workdir)
             return float("nan")
         if config.mode == "eval":
-            from cnn import evaluation  # imports TensorFlow
+            from cnn.training import evaluate  # imports TensorFlow
 
-            return evaluation.evaluate_checkpoint(config, workdir)["test_accuracy"]
-        from cnn import training  # imports TensorFlow
+            return evaluate.evaluate_checkpoint(config, workdir)["test_accuracy"]
+        from cnn.training import train  # imports TensorFlow
 
-        results = training.train_and_evaluate(config, workdir, started=started)
+        results = train.train_and_evaluate(config, workdir, started=started)
         if multirun and results.get("protocol") != "validation":
             log.warning("dataset.validation_split=0: this job's objective is its test accuracy; a sweep "
                         "that picks by it selects on the test set")

@@ -1,0 +1,2 @@
+"""The checkpoint directory (`directory`: lock, identity record, repair, the best checkpoint) and
+the resume policy (`resume`)."""

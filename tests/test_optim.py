@@ -1,0 +1,81 @@
+"""Optimizers and schedules: the group's options, coupled L2 against decoupled decay, warmup and
+step decay in epochs, the identity of runs that do not use them, and exact resume after SIGKILL."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import SAMPLE
+from test_cli import SAMPLE_RUN, sigkill_then_rerun
+
+from cnn.config import compose, run_name
+from cnn.config.schema import ScheduleConfig
+from cnn.errors import ConfigError
+from cnn.optim import create_optimizer, learning_rate
+
+
+def schedule(**fields) -> ScheduleConfig:
+    base = dict(name="constant", decay_steps=600, decay_rate=0.96, staircase=False, alpha=0.0, milestones=[],
+                gamma=0.1, warmup_epochs=0.0)
+    return ScheduleConfig(**{**base, **fields})
+
+
+def rates(rate, steps):
+    return [float(rate(tf.constant(s, tf.int64))) if callable(rate) else rate for s in steps]
+
+
+def test_step_decay_and_warmup_are_set_in_epochs():
+    step = learning_rate(0.1, schedule(name="step", milestones=[2, 3], gamma=0.1), steps_per_epoch=10)
+    np.testing.assert_allclose(rates(step, [0, 19, 20, 29, 30, 99]), [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
+    warm = learning_rate(0.1, schedule(warmup_epochs=0.5), steps_per_epoch=10)  # 5 steps: 0.02, 0.04, ... 0.1
+    np.testing.assert_allclose(rates(warm, [0, 1, 4, 5, 50]), [0.02, 0.04, 0.1, 0.1, 0.1], rtol=1e-6)
+    assert learning_rate(0.1, schedule(), 10) == 0.1  # constant, no warmup: a float, as every run before
+    with pytest.raises(ConfigError, match="schedule.milestones"):
+        learning_rate(0.1, schedule(name="step"), 10)
+
+
+def one_update(optimizer_spec, lr=0.1):
+    """A kernel, a bias and one SGD/Adam step on a zero gradient: what weight decay alone does."""
+    kernel, bias = tf.Variable(np.full((2, 2), 1.0, np.float32)), tf.Variable(np.ones(2, np.float32))
+    optimizer = create_optimizer(optimizer_spec, lr)
+    optimizer.build([kernel, bias])
+    optimizer.apply_gradients([(tf.zeros_like(kernel), kernel), (tf.zeros_like(bias), bias)])
+    return kernel.numpy(), bias.numpy(), optimizer
+
+
+def test_weight_decay_per_optimizer():
+    # SGD, coupled L2: the gradient becomes 0 + wd * w, so w = 1 - lr * wd * 1; biases untouched.
+    kernel, bias, _ = one_update({"name": "sgd", "momentum": 0.9, "nesterov": False, "weight_decay": 0.5})
+    np.testing.assert_allclose(kernel, 1 - 0.1 * 0.5, rtol=1e-6)
+    np.testing.assert_array_equal(bias, 1.0)
+    # Adam, coupled: Adam normalizes the L2 gradient, so the first step moves w by lr (sign of the gradient).
+    kernel, bias, _ = one_update({"name": "adam", "weight_decay": 0.5})
+    np.testing.assert_allclose(kernel, 1 - 0.1, rtol=1e-4)
+    np.testing.assert_array_equal(bias, 1.0)
+    # AdamW, decoupled: with a zero gradient the update is the decay alone, w -= lr * wd * w.
+    kernel, bias, _ = one_update({"name": "adamw", "weight_decay": 0.5})
+    np.testing.assert_allclose(kernel, 1 - 0.1 * 0.5, rtol=1e-6)
+    np.testing.assert_array_equal(bias, 1.0)
+    # Without weight decay: Keras' own classes, so checkpoints keep their layout.
+    assert type(one_update({"name": "adam"})[2]) is keras.optimizers.Adam
+    assert type(one_update({"name": "sgd", "momentum": 0.0})[2]) is keras.optimizers.SGD
+
+
+def test_the_group_on_the_command_line_and_the_identity_of_old_runs():
+    sgd = compose("optimizer=sgd", "optimizer.nesterov=true", "optimizer.weight_decay=1e-4")
+    assert sgd.optimizer == {"name": "sgd", "momentum": 0.9, "nesterov": True, "weight_decay": 1e-4,
+                             "global_clipnorm": None}
+    # Runs that use the book's Adam and no warmup keep the names they had before these keys existed.
+    assert run_name(compose(), "2000+500:9ee1c80bd47b").endswith("-f6449fdc")
+    assert run_name(compose("schedule.warmup_epochs=1"), "x") != run_name(compose(), "x")
+    assert run_name(sgd, "x") != run_name(compose(), "x")
+    with pytest.raises(ConfigError, match="optimizer.momentum: no such option of this optimizer"):
+        compose("optimizer.momentum=0.5")  # adam has none
+    with pytest.raises(ConfigError, match="optimizer=rmsprop: no such option; available: adam, adamw, sgd"):
+        compose("optimizer=rmsprop")
+
+
+def test_sgd_with_momentum_weight_decay_and_warmup_resumes_bitwise_after_sigkill(tmp_path):
+    sigkill_then_rerun(tmp_path, [*SAMPLE_RUN, "optimizer=sgd", "lr=0.05", "optimizer.nesterov=true",
+                                  "optimizer.weight_decay=5e-4", "schedule.warmup_epochs=1", "schedule.name=step",
+                                  "schedule.milestones=[2]", "checkpoint.every_n_steps=5", "checkpoint.keep=2"])
