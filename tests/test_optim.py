@@ -5,7 +5,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import SAMPLE
 from test_cli import SAMPLE_RUN, sigkill_then_rerun
 
 from cnn.config import compose, run_name

@@ -70,12 +70,10 @@ def make_train_loop(state, element_spec, summaries: bool = False, strategy=None,
     """Compiles `loop(iterator, num_steps)`: `num_steps` training steps of `state` (a
     cnn.state.TrainState) in one call.
 
-    A `tf.range` loop inside one `tf.function`, as TF Model Garden's Orbit does, so
-    the host pays one call per `steps_per_loop` steps. Each step also updates the
-    epoch metrics and the step counter; with `summaries`, it writes loss, gradient norm
-    and learning rate to the default tf.summary writer when its record_if holds. The
-    signature is fixed (free batch size, tensor step count), so nothing retraces:
-    one trace per run.
+    A `tf.range` loop inside one `tf.function`, as Orbit does: the host pays one call per
+    `steps_per_loop` steps. Each step also updates the epoch metrics and the step counter;
+    with `summaries`, it writes loss, gradient norm and learning rate to the default
+    tf.summary writer when its record_if holds. The signature is fixed: one trace per run.
 
     With a `strategy` (cnn.distribute), `train_step` runs on every replica (`strategy.run`)
     on its part of a distributed batch; the metrics sum over the replicas (Keras metric
