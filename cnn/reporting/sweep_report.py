@@ -1,6 +1,6 @@
 """Sweep report: a table of every job's overrides and final metrics, and plots.
 
-    python -m cnn.report multirun/2026-11-22/12-00-00
+    python -m cnn.tools.report multirun/2026-11-22/12-00-00
 
 Writes report.csv, report.md, objective_vs_<key>.png for each swept key and
 learning_curves.png into the sweep directory. cnn/sweep_callback.py calls it
@@ -21,6 +21,7 @@ from typing import Sequence
 import yaml
 
 from cnn.reporting import history
+from cnn.reporting.plots import figure
 
 # Jobs rank by their `objective`: the validation `monitor` of their selected checkpoint (the test
 # metrics stand beside it and never rank); jobs without a validation set rank by test accuracy.
@@ -126,8 +127,6 @@ def _swept_axis(ax, texts: list[str]) -> list[float]:
 
 def objective_figure(jobs: list[dict], key: str):
     """The objective of every finished job against its value of the swept `key` (a Figure)."""
-    from cnn.reporting.plots import figure
-
     done = [job for job in jobs if _objective(job) > -math.inf]
     fig = figure((5, 3.5))
     ax = fig.subplots()
@@ -142,8 +141,6 @@ def objective_figure(jobs: list[dict], key: str):
 def curves_figure(jobs: list[dict]):
     """Every job's training loss (log scale: one diverged job must not flatten the rest) and
     validation accuracy (without a validation set, test accuracy) per epoch (a Figure)."""
-    from cnn.reporting.plots import figure
-
     fig = figure((10, 3.8))
     loss_ax, acc_ax = fig.subplots(1, 2)
     keys = swept_keys(jobs)

@@ -1,6 +1,6 @@
 """The Hydra callback that writes the sweep report (cnn/report.py) at the end of a multirun.
 
-Kept apart so that cnn.report, and `python -m cnn.report`, never import Hydra.
+Kept apart so that cnn.reporting.sweep_report, and `python -m cnn.tools.report`, never import Hydra.
 Named in conf/config.yaml under hydra.callbacks.report.
 """
 
@@ -13,6 +13,8 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
+from cnn.config import Config
+from cnn.config.compose import schema_keys
 from cnn.reporting.sweep_report import collect, swept_keys, write_report
 
 log = logging.getLogger("cnn.report")
@@ -32,7 +34,6 @@ def write_hparams_config(sweep_dir: Path, keys: list[str]) -> None:
         return
     import time
 
-    from cnn.config import Config, _schema_keys
     from cnn.runtime.console import import_tensorflow
 
     import_tensorflow()  # TensorBoard imports it: without its start-up lines
@@ -40,7 +41,7 @@ def write_hparams_config(sweep_dir: Path, keys: list[str]) -> None:
     from tensorboard.plugins.hparams import summary_v2 as hp
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-    known = set(_schema_keys(Config))
+    known = set(schema_keys(Config))
     names = [k if k in known else f"{k}.name" for k in keys if k in known or f"{k}.name" in known]
     summary = hp.hparams_config_pb(hparams=[hp.HParam(name) for name in names],
                                    metrics=[hp.Metric(tag, display_name=label) for tag, label in HPARAMS_METRICS])

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 
-from cnn.tools.bench_contenders import (RUN_EPOCHS, curve_drawings, machine, measure, measure_image_folder,
+from cnn.tools.bench_measure import (RUN_EPOCHS, curve_drawings, machine, measure, measure_image_folder,
                                        measure_replicas)
 
 

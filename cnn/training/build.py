@@ -15,6 +15,8 @@ from pathlib import Path
 
 import keras
 import tensorflow as tf
+from tensorflow.python.framework import config as tf_config  # the determinism off switch is not public
+from tensorflow.python.framework import ops as tf_ops  # the gradient registry has no public API
 
 from cnn import data as data_lib
 from cnn.config import Config, identity, run_name
@@ -74,8 +76,6 @@ def forget_custom_gradients() -> None:
     while its graph is being traced and differentiated, so at the start of a run the earlier
     ones can go. The registry has no public API; without it, this does nothing.
     """
-    from tensorflow.python.framework import ops as tf_ops
-
     registry = getattr(getattr(tf_ops, "_gradient_registry", None), "_registry", None)
     if isinstance(registry, dict):
         for name in [n for n in registry if str(n).startswith("CustomGradient-")]:
@@ -85,8 +85,6 @@ def forget_custom_gradients() -> None:
 def set_determinism(deterministic: bool) -> None:
     """Turns TensorFlow's op determinism on or off, as this run says: jobs of an in-process
     multirun share the process, and the setting would otherwise stick from an earlier job."""
-    from tensorflow.python.framework import config as tf_config  # the off switch is not public
-
     if deterministic:
         tf.config.experimental.enable_op_determinism()
     elif getattr(tf_config, "is_op_determinism_enabled", lambda: False)():
