@@ -44,7 +44,7 @@ def register_configs() -> None:
     `schema` for conf/config.yaml and `image_folder_schema` for conf/dataset/image_folder.yaml."""
     store = ConfigStore.instance()
     store.store(name="schema", node=Config)
-    store.store(group="dataset", name="image_folder_schema", node=ImageFolderConfig)
+    store.store(name="image_folder_schema", node=ImageFolderConfig)
 
 
 def compose(*overrides: str) -> Config:
