@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from cnn import checkpoint
+from cnn.checkpointing import directory as checkpoint
 from cnn.errors import CheckpointError
 
 
@@ -19,7 +19,7 @@ def test_a_second_lock_in_this_process_is_refused(tmp_path):
 
 def test_without_file_locking_the_directory_is_used_with_a_warning(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(checkpoint, "fcntl", None)  # as on Windows
-    with caplog.at_level(logging.WARNING, logger="cnn.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="cnn.checkpointing.directory"):
         with checkpoint.DirectoryLock(tmp_path):
             assert (tmp_path / checkpoint.LOCK_FILE).read_text().isdigit()
     assert "no file locking on this system" in caplog.text

@@ -11,8 +11,10 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from cnn.config import (CheckpointConfig, Config, ConfigError, DatasetConfig, ModelConfig, ScheduleConfig,
-                        compose, identity, register_configs, run_name, to_config)
+from cnn.config import (Config, DatasetConfig, ImageFolderConfig, compose, identity, register_configs, run_name,
+                        to_config)
+from cnn.config.schema import CheckpointConfig, ScheduleConfig
+from cnn.errors import ConfigError
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 register_configs()
@@ -30,13 +32,13 @@ def group_options(group):
 @pytest.mark.parametrize("dataset,model", list(itertools.product(group_options("dataset"), group_options("model"))))
 def test_every_group_composes(dataset, model):
     config = to_config(load(f"dataset={dataset}", f"model={model}"))
-    assert config.dataset.name == dataset and config.model.name == model
+    assert config.dataset.name == dataset and config.model["name"] == model
 
 
 def test_defaults_are_the_books():
     config = to_config(load())
-    assert (config.dataset.name, config.model.name, config.lr, config.batch_size) == ("mnist", "book_cnn", 0.001, 100)
-    assert config.model.dropout == 0.4 and config.seed == 0
+    assert (config.dataset.name, config.model["name"], config.lr, config.batch_size) == ("mnist", "book_cnn", 0.001, 100)
+    assert config.model["dropout"] == 0.4 and config.seed == 0
 
 
 @pytest.mark.parametrize("override,message", [
@@ -54,7 +56,7 @@ def test_bad_overrides_are_rejected(override, message):
 @pytest.mark.parametrize("override,message", [
     ("batch_sise=10", "batch_sise: no such key (did you mean batch_size?)"),
     ("+batch_sise=10", "batch_sise: no such key (did you mean batch_size?)"),
-    ("+model.foo=1", "model.foo: no such key"),
+    ("model.foo=1", "model.foo: no such option of this model"),
     ("lr=abc", "lr: Value 'abc' of type 'str' could not be converted to Float"),
     ("dataset=foo", "dataset=foo: no such option; available: cifar10, fashion_mnist, image_folder, mnist"),
 ])
@@ -62,6 +64,17 @@ def test_bad_overrides_are_one_line_errors(override, message):
     with pytest.raises(ConfigError) as e:
         compose(override)
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_an_added_model_option_is_a_one_line_error_before_any_data_is_read():
+    """`+model.foo=1` gets past composition (a model's options are open); the builder check that
+    starts every run refuses it, in one line."""
+    from cnn.training import build
+
+    with pytest.raises(ConfigError) as e:
+        build.check_builders(compose("+model.foo=1"))
+    assert str(e.value).startswith("model.foo=1: book_cnn does not take it (its options: dropout)")
+    assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("override,message", [
@@ -75,29 +88,48 @@ def test_bad_overrides_are_one_line_errors(override, message):
     ("checkpoint.every_n_steps=0", "every_n_steps"),
 ])
 def test_out_of_range_values(override, message):
+    from cnn.training import build  # a model's options are checked by its builder, before any data is read
+
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
-        to_config(load(override))
+        build.check_builders(to_config(load(override)))
 
 
 def test_the_yaml_is_the_only_source_of_values():
     """The schema holds types only: no default a Python-built config could pick up instead of conf/'s."""
-    for schema in (Config, DatasetConfig, ModelConfig, ScheduleConfig, CheckpointConfig):
+    for schema in (Config, DatasetConfig, ImageFolderConfig, ScheduleConfig, CheckpointConfig):
         for f in dataclasses.fields(schema):
             assert f.default in (dataclasses.MISSING, None) and f.default_factory is dataclasses.MISSING, \
                 (schema.__name__, f.name)
 
 
-@pytest.mark.parametrize("group", ["dataset", "model"])
-def test_every_group_option_sets_every_key_it_uses(group):
-    """Each conf/<group>/<option>.yaml gives a value to every key of its schema (null only for
-    model options the model does not take), and the composed config equals the file."""
-    schema = {"dataset": DatasetConfig, "model": ModelConfig}[group]
-    optional = {f.name for f in dataclasses.fields(schema) if f.default is None}
-    for option in group_options(group):
-        written = OmegaConf.to_container(OmegaConf.load(Path(CONF) / group / f"{option}.yaml"))
-        assert {f.name for f in dataclasses.fields(schema)} - optional <= written.keys(), option
-        composed = dataclasses.asdict(getattr(compose(f"{group}={option}"), group))
-        assert composed == {**{k: None for k in optional}, **written}, option
+def test_every_dataset_option_sets_every_key_it_uses():
+    """Each conf/dataset/<option>.yaml gives a value to every key of its schema (the image-folder
+    keys with dataset=image_folder), and the composed config equals the file."""
+    for option in group_options("dataset"):
+        schema = ImageFolderConfig if option == "image_folder" else DatasetConfig
+        written = OmegaConf.to_container(OmegaConf.load(Path(CONF) / "dataset" / f"{option}.yaml"))
+        written.pop("defaults", None)  # the schema it composes with, not a key
+        assert {f.name for f in dataclasses.fields(schema)} <= written.keys(), option
+        composed = dataclasses.asdict(compose(f"dataset={option}").dataset)
+        assert composed == written, option
+
+
+def test_every_model_option_sets_every_key_it_uses():
+    """Each conf/model/<option>.yaml gives a value to every option of its builder (so no default
+    of the builder's is ever picked up instead of conf/'s), the builder takes them all, and the
+    composed config equals the file."""
+    import inspect
+
+    from cnn.models import MODELS
+
+    for option in group_options("model"):
+        written = OmegaConf.to_container(OmegaConf.load(Path(CONF) / "model" / f"{option}.yaml"))
+        builder = MODELS[written["name"]]
+        options = {p.name for p in inspect.signature(builder).parameters.values()
+                   if p.name not in MODELS.context and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+        assert written.keys() - {"name"} == options, option
+        MODELS.check(written)  # every value of the file is one its builder takes
+        assert compose(f"model={option}").model == written, option
 
 
 def test_keys_that_cannot_change_a_run_stay_out_of_its_name():
@@ -141,7 +173,7 @@ def test_every_experiment_is_listed():
 @pytest.mark.parametrize("experiment", sorted(EXPERIMENT_MODELS))
 def test_every_experiment_composes(experiment):
     config = to_config(load(f"+experiment={experiment}", "dataset.data_dir=/data"))
-    assert config.model.name == EXPERIMENT_MODELS[experiment]
+    assert config.model["name"] == EXPERIMENT_MODELS[experiment]
     assert config.dataset.data_dir == "/data"  # command-line overrides still apply
 
 
@@ -149,7 +181,7 @@ def test_book_best_has_the_books_settings_and_each_datasets_augmentation():
     mnist = to_config(load("+experiment=book_best"))
     fashion = to_config(load("+experiment=book_best", "dataset=fashion_mnist"))
     for config in (mnist, fashion):
-        assert (config.model.name, config.model.members, config.model.size) == ("ensemble", "bn_cnn", 5)
+        assert (config.model["name"], config.model["members"], config.model["size"]) == ("ensemble", "bn_cnn", 5)
         assert config.dataset.augment and config.dataset.max_shift == 2.0
         assert config.lr == 0.005 and config.schedule.name == "exponential" and config.schedule.staircase
         assert (config.schedule.decay_rate, config.epochs) == (0.85, 25)
@@ -163,5 +195,5 @@ def test_book_best_has_the_books_settings_and_each_datasets_augmentation():
 
 def test_cifar10_tutorial_experiment():
     config = to_config(load("+experiment=cifar10_tutorial"))
-    assert (config.dataset.name, config.model.name, config.epochs, config.batch_size) == \
+    assert (config.dataset.name, config.model["name"], config.epochs, config.batch_size) == \
         ("cifar10", "tutorial_cnn", 10, 32)

@@ -9,6 +9,7 @@ import pytest
 from conftest import SAMPLE, make_images, write_idx, write_idx_dataset
 
 from cnn import data
+from cnn.data import cifar10, mnist, pipeline
 from cnn.errors import DataError
 
 
@@ -16,7 +17,7 @@ def test_read_idx_gz_and_plain(tmp_path):
     images, _ = make_images(5)
     for name in ("a-idx3-ubyte.gz", "a-idx3-ubyte"):
         write_idx(tmp_path / name, images)
-        np.testing.assert_array_equal(data.read_idx(tmp_path / name), images)
+        np.testing.assert_array_equal(mnist.read_idx(tmp_path / name), images)
 
 
 def test_idx_dir_shapes_and_dtypes(tmp_path):
@@ -88,21 +89,21 @@ def _cifar_batch(n, seed):
 
 def write_cifar(directory):
     directory.mkdir(parents=True)
-    batches = {name: _cifar_batch(4, i) for i, name in enumerate(data.CIFAR10_BATCHES)}
+    batches = {name: _cifar_batch(4, i) for i, name in enumerate(cifar10.CIFAR10_BATCHES)}
     for name, batch in batches.items():
         with open(directory / name, "wb") as f:
             pickle.dump(batch, f)
     with open(directory / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": [c.encode() for c in data.CIFAR10_CLASSES]}, f)
+        pickle.dump({b"label_names": [c.encode() for c in cifar10.CIFAR10_CLASSES]}, f)
     return batches
 
 
 @pytest.mark.parametrize("form", ["dir", "tarball"])
 def test_cifar10(tmp_path, form):
-    batches = write_cifar(tmp_path / "src" / data.CIFAR10_DIR)
+    batches = write_cifar(tmp_path / "src" / cifar10.CIFAR10_DIR)
     if form == "tarball":
-        with tarfile.open(tmp_path / data.CIFAR10_TAR, "w:gz") as tar:
-            tar.add(tmp_path / "src" / data.CIFAR10_DIR, arcname=data.CIFAR10_DIR)
+        with tarfile.open(tmp_path / cifar10.CIFAR10_TAR, "w:gz") as tar:
+            tar.add(tmp_path / "src" / cifar10.CIFAR10_DIR, arcname=cifar10.CIFAR10_DIR)
         where = tmp_path
     else:
         where = tmp_path / "src"
@@ -116,8 +117,8 @@ def test_cifar10(tmp_path, form):
 
 
 def test_cifar10_corrupt_batch(tmp_path):
-    write_cifar(tmp_path / data.CIFAR10_DIR)
-    (tmp_path / data.CIFAR10_DIR / "data_batch_3").write_bytes(b"not a pickle")
+    write_cifar(tmp_path / cifar10.CIFAR10_DIR)
+    (tmp_path / cifar10.CIFAR10_DIR / "data_batch_3").write_bytes(b"not a pickle")
     with pytest.raises(DataError, match="data_batch_3: not a CIFAR-10 python batch"):
         data.load("cifar10", str(tmp_path))
 
@@ -151,7 +152,7 @@ def test_download_is_checksum_verified(monkeypatch):
     monkeypatch.setattr(keras.utils, "get_file", lambda *a, **k: calls.append(k) or 1 / 0)
     with pytest.raises(DataError):
         data.load("cifar10")
-    assert calls[0]["file_hash"] == data.CIFAR10_SHA256
+    assert calls[0]["file_hash"] == cifar10.CIFAR10_SHA256
 
 
 def test_data_dir_must_exist(tmp_path):
@@ -212,9 +213,9 @@ def test_zero_augmentation_is_the_identity_and_a_shift_moves_pixels():
 
     image = np.zeros((1, 8, 8, 1), np.float32)
     image[0, 3, 4, 0] = 1.0
-    same = data.augment(tf.constant(image), tf.constant([1, 2], tf.int64), 0.0, 0.0).numpy()
+    same = pipeline.augment(tf.constant(image), tf.constant([1, 2], tf.int64), 0.0, 0.0).numpy()
     np.testing.assert_array_equal(same, image)
-    shifted = data.augment(tf.constant(image), tf.constant([1, 2], tf.int64), 0.0, 2.0).numpy()
+    shifted = pipeline.augment(tf.constant(image), tf.constant([1, 2], tf.int64), 0.0, 2.0).numpy()
     assert shifted.sum() > 0 and not np.array_equal(shifted, image)
     assert np.argwhere(shifted[0, ..., 0] > 0.2).size  # the dot is still in the frame, moved
 
@@ -224,14 +225,14 @@ def test_flip_mirrors_half_the_images_exactly_and_leaves_the_others():
 
     images = np.random.default_rng(5).random((64, 8, 8, 1)).astype(np.float32)
     seed = tf.constant([5, 7], tf.int64)
-    flipped = data.augment(tf.constant(images), seed, 0.0, 0.0, flip=True).numpy()
+    flipped = pipeline.augment(tf.constant(images), seed, 0.0, 0.0, flip=True).numpy()
     mirrored = [np.array_equal(f, image[:, ::-1]) for f, image in zip(flipped, images)]
     kept = [np.array_equal(f, image) for f, image in zip(flipped, images)]
     assert all(m or k for m, k in zip(mirrored, kept))
     assert 16 < sum(mirrored) < 48
     # With rotation and shift too: the images it does not mirror get exactly the unflipped augmentation.
-    both = data.augment(tf.constant(images), seed, 15.0, 2.0, flip=True).numpy()
-    plain = data.augment(tf.constant(images), seed, 15.0, 2.0).numpy()
+    both = pipeline.augment(tf.constant(images), seed, 15.0, 2.0, flip=True).numpy()
+    plain = pipeline.augment(tf.constant(images), seed, 15.0, 2.0).numpy()
     assert all(np.array_equal(both[i], plain[i]) for i in np.flatnonzero(kept))
     assert not any(np.array_equal(both[i], plain[i]) for i in np.flatnonzero(mirrored))
 

@@ -56,7 +56,7 @@ def test_fused_batch_norm_computes_what_the_keras_layer_does(shape):
     import keras
     import tensorflow as tf
 
-    from cnn.models import BatchNormalization
+    from cnn.models.layers import BatchNormalization
 
     rng = np.random.default_rng(3)
     x = tf.constant(rng.normal(1.0, 3.0, shape), tf.float32)
@@ -114,7 +114,7 @@ def test_every_model_variable_is_checkpointed(name, tmp_path):
     a restore into a fresh model: layers Keras tracks but tf.train.Checkpoint does not would not."""
     import keras
 
-    from cnn.state import TrainState
+    from cnn.training.state import TrainState
 
     shape = (32, 32, 3) if name == "tutorial_cnn" else (28, 28, 1)
     options = {"members": "bn_cnn", "size": 2} if name == "ensemble" else {}
@@ -135,7 +135,7 @@ def test_every_model_variable_is_checkpointed(name, tmp_path):
 def test_untracked_layers_are_refused():
     import keras
 
-    from cnn.state import TrainState
+    from cnn.training.state import TrainState
 
     class Hidden(keras.Model):
         def __init__(self):

@@ -11,9 +11,14 @@ import pytest
 import tensorflow as tf
 from conftest import SAMPLE
 
-from cnn import checkpoint, data, evaluation, history, run, steps, training
+from cnn import data
+from cnn.checkpointing import directory as checkpoint
 from cnn.config import Config, compose, validate
 from cnn.errors import CheckpointError, TrainingError
+from cnn.optim import learning_rate
+from cnn.reporting import history
+from cnn.training import build, checkpointer, controller, steps, train
+from cnn.training import evaluate as evaluation
 
 
 def make_config(tmp_path, *overrides: str, data_dir=SAMPLE, **fields) -> Config:
@@ -53,8 +58,8 @@ def sample():
 
 
 def new_state(config, sample):
-    run.setup(config)
-    return run.create_state(config, sample)
+    build.setup(config)
+    return build.create_state(config, sample)
 
 
 def run_steps(loop, dataset, n):
@@ -88,9 +93,9 @@ def test_no_retracing_across_epochs_and_a_smaller_last_batch(tmp_path, sample):
 def test_steps_per_loop_gives_the_same_run(tmp_path, steps_per_loop):
     """Several steps per call keep the checkpoint cadence, the metrics and the exact result."""
     every = {"every_n_steps": 7, "keep": 100}
-    one = training.train_and_evaluate(make_config(tmp_path / "a", epochs=2, checkpoint=every, steps_per_loop=1),
+    one = train.train_and_evaluate(make_config(tmp_path / "a", epochs=2, checkpoint=every, steps_per_loop=1),
                                       tmp_path / "a" / "run")
-    many = training.train_and_evaluate(make_config(tmp_path / "b", epochs=2, checkpoint=every,
+    many = train.train_and_evaluate(make_config(tmp_path / "b", epochs=2, checkpoint=every,
                                                    steps_per_loop=steps_per_loop), tmp_path / "b" / "run")
     assert [Path(p).name for p in checkpoint.checkpoint_paths(tmp_path / "b" / "ckpt")] == \
         [f"ckpt-{s}" for s in (7, 14, 18, 21, 28, 35, 36)]
@@ -101,16 +106,16 @@ def test_steps_per_loop_gives_the_same_run(tmp_path, steps_per_loop):
 
 
 def test_next_chunk_stops_at_epoch_ends_and_checkpoints():
-    assert training.next_chunk(0, 20, 100, None) == 20
-    assert training.next_chunk(0, 20, 100, 7) == 7
-    assert training.next_chunk(7, 20, 100, 7) == 7
-    assert training.next_chunk(14, 20, 100, 7) == 6
-    assert training.next_chunk(20, 40, 5, 7) == 1
-    assert training.next_chunk(21, 40, 5, None) == 5
+    assert controller.next_chunk(0, 20, 100, None) == 20
+    assert controller.next_chunk(0, 20, 100, 7) == 7
+    assert controller.next_chunk(7, 20, 100, 7) == 7
+    assert controller.next_chunk(14, 20, 100, 7) == 6
+    assert controller.next_chunk(20, 40, 5, 7) == 1
+    assert controller.next_chunk(21, 40, 5, None) == 5
 
 
 def test_a_short_run_learns_real_digits(tmp_path):
-    results = training.train_and_evaluate(make_config(tmp_path, epochs=3, batch_size=50), tmp_path / "run")
+    results = train.train_and_evaluate(make_config(tmp_path, epochs=3, batch_size=50), tmp_path / "run")
     assert results["test_accuracy"] >= 0.9, results
     rows = history.read_rows(tmp_path / "run" / "metrics.csv")
     assert [r["epoch"] for r in rows] == [1, 2, 3] and [r["step"] for r in rows] == [36, 72, 108]
@@ -123,9 +128,9 @@ def test_a_short_run_learns_real_digits(tmp_path):
 
 
 def test_restart_continues_and_matches_an_uninterrupted_run(tmp_path):
-    straight = training.train_and_evaluate(make_config(tmp_path / "a", epochs=2), tmp_path / "a" / "run")
-    training.train_and_evaluate(make_config(tmp_path / "b", epochs=1), tmp_path / "b" / "run1")
-    resumed = training.train_and_evaluate(make_config(tmp_path / "b", epochs=2), tmp_path / "b" / "run2")
+    straight = train.train_and_evaluate(make_config(tmp_path / "a", epochs=2), tmp_path / "a" / "run")
+    train.train_and_evaluate(make_config(tmp_path / "b", epochs=1), tmp_path / "b" / "run1")
+    resumed = train.train_and_evaluate(make_config(tmp_path / "b", epochs=2), tmp_path / "b" / "run2")
     assert resumed["steps"] == 36 and resumed["test_accuracy"] == straight["test_accuracy"]
     assert_same_checkpoint(tmp_path / "a" / "ckpt" / "ckpt-36", tmp_path / "b" / "ckpt" / "ckpt-36")
     # The second invocation's run dir holds the whole history, the first epoch included.
@@ -136,13 +141,13 @@ def test_restart_continues_and_matches_an_uninterrupted_run(tmp_path):
 def test_resume_from_a_mid_epoch_checkpoint_is_exact(tmp_path):
     """Restores model, Adam slots, Dropout seeds, epoch metrics and the data position."""
     every = {"every_n_steps": 7, "keep": 100}
-    training.train_and_evaluate(make_config(tmp_path / "a", epochs=2, checkpoint=every), tmp_path / "a" / "run")
+    train.train_and_evaluate(make_config(tmp_path / "a", epochs=2, checkpoint=every), tmp_path / "a" / "run")
     # Make "b" look like a run killed at step 28 (mid epoch 1) after saving ckpt-28.
     shutil.copytree(tmp_path / "a" / "ckpt", tmp_path / "b" / "ckpt")
     for f in (tmp_path / "b" / "ckpt").glob("ckpt-*"):
         if int(f.name.split(".")[0].split("-")[1]) > 28:
             f.unlink()
-    training.train_and_evaluate(make_config(tmp_path / "b", epochs=2, checkpoint=every), tmp_path / "b" / "run")
+    train.train_and_evaluate(make_config(tmp_path / "b", epochs=2, checkpoint=every), tmp_path / "b" / "run")
     assert_same_checkpoint(tmp_path / "a" / "ckpt" / "ckpt-36", tmp_path / "b" / "ckpt" / "ckpt-36")
     assert rows_without_timing(tmp_path / "b" / "run" / "metrics.csv") == \
         rows_without_timing(tmp_path / "a" / "run" / "metrics.csv")
@@ -155,12 +160,12 @@ def test_dropout_seed_state_is_in_the_checkpoint(tmp_path, sample):
 
 
 def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog):
-    straight = training.train_and_evaluate(make_config(tmp_path / "a", epochs=3), tmp_path / "a" / "run")
-    training.train_and_evaluate(make_config(tmp_path / "b", epochs=2), tmp_path / "b" / "run1")
+    straight = train.train_and_evaluate(make_config(tmp_path / "a", epochs=3), tmp_path / "a" / "run")
+    train.train_and_evaluate(make_config(tmp_path / "b", epochs=2), tmp_path / "b" / "run1")
     ckpt = tmp_path / "b" / "ckpt"
     data_file = next(ckpt.glob("ckpt-36.data-*"))
     data_file.write_bytes(data_file.read_bytes()[:1000])  # truncated
-    resumed = training.train_and_evaluate(make_config(tmp_path / "b", epochs=3), tmp_path / "b" / "run2")
+    resumed = train.train_and_evaluate(make_config(tmp_path / "b", epochs=3), tmp_path / "b" / "run2")
     assert "ckpt-36 is unusable" in caplog.text
     assert (ckpt / "broken" / data_file.name).exists()
     assert resumed["test_accuracy"] == straight["test_accuracy"]
@@ -168,53 +173,53 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog):
 
 
 def test_all_checkpoints_corrupt_stops_and_keeps_them(tmp_path):
-    training.train_and_evaluate(make_config(tmp_path, epochs=1), tmp_path / "run")
+    train.train_and_evaluate(make_config(tmp_path, epochs=1), tmp_path / "run")
     for f in (tmp_path / "ckpt").glob("ckpt-*.data-*"):
         f.write_bytes(b"garbage")
     before = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
     with pytest.raises(CheckpointError, match="no usable checkpoint.*resume=never"):
-        training.train_and_evaluate(make_config(tmp_path, epochs=2), tmp_path / "run2")
+        train.train_and_evaluate(make_config(tmp_path, epochs=2), tmp_path / "run2")
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == before
 
 
 def test_garbled_state_file_is_rebuilt(tmp_path):
-    training.train_and_evaluate(make_config(tmp_path, epochs=1), tmp_path / "run")
+    train.train_and_evaluate(make_config(tmp_path, epochs=1), tmp_path / "run")
     (tmp_path / "ckpt" / "checkpoint").write_text("{{{ not a proto")
-    results = training.train_and_evaluate(make_config(tmp_path, epochs=2), tmp_path / "run2")
+    results = train.train_and_evaluate(make_config(tmp_path, epochs=2), tmp_path / "run2")
     assert results["steps"] == 36
 
 
 def test_checkpoints_of_another_run_are_refused(tmp_path):
-    training.train_and_evaluate(make_config(tmp_path, epochs=1), tmp_path / "run")
+    train.train_and_evaluate(make_config(tmp_path, epochs=1), tmp_path / "run")
     with pytest.raises(CheckpointError, match=r"different run \(lr: 0.001 there, 0.01 here\)"):
-        training.train_and_evaluate(make_config(tmp_path, epochs=1, lr=0.01), tmp_path / "run2")
+        train.train_and_evaluate(make_config(tmp_path, epochs=1, lr=0.01), tmp_path / "run2")
 
 
 def test_resume_never_moves_old_checkpoints_aside(tmp_path):
-    training.train_and_evaluate(make_config(tmp_path, epochs=1), tmp_path / "run")
-    results = training.train_and_evaluate(make_config(tmp_path, epochs=1, resume="never"), tmp_path / "run2")
+    train.train_and_evaluate(make_config(tmp_path, epochs=1), tmp_path / "run")
+    results = train.train_and_evaluate(make_config(tmp_path, epochs=1, resume="never"), tmp_path / "run2")
     assert results["steps"] == 18 and results["status"] == "started"
     (old,) = tmp_path.glob("ckpt.old-*")
     assert (old / "ckpt-18.index").exists() and (old / "metrics.csv").exists()
 
 
 def test_resume_from_a_given_path(tmp_path):
-    training.train_and_evaluate(make_config(tmp_path / "a", epochs=1), tmp_path / "run")
+    train.train_and_evaluate(make_config(tmp_path / "a", epochs=1), tmp_path / "run")
     config = make_config(tmp_path / "b", epochs=2, resume=str(tmp_path / "a" / "ckpt" / "ckpt-18"))
-    results = training.train_and_evaluate(config, tmp_path / "run2")
+    results = train.train_and_evaluate(config, tmp_path / "run2")
     assert results["steps"] == 36 and results["status"] == "resumed"
     assert [r["epoch"] for r in history.read_rows(tmp_path / "run2" / "metrics.csv")] == [2]  # trained epoch 2 only
     # Rerunning the same command continues from the run's own checkpoints, not the given one.
-    again = training.train_and_evaluate(make_config(tmp_path / "b", epochs=3, resume=config.resume), tmp_path / "run3")
+    again = train.train_and_evaluate(make_config(tmp_path / "b", epochs=3, resume=config.resume), tmp_path / "run3")
     assert again["steps"] == 54 and again["status"] == "resumed"
     with pytest.raises(CheckpointError, match="no such checkpoint"):
-        training.train_and_evaluate(make_config(tmp_path / "c", resume=str(tmp_path / "nope")), tmp_path / "r")
+        train.train_and_evaluate(make_config(tmp_path / "c", resume=str(tmp_path / "nope")), tmp_path / "r")
 
 
 def test_nonfinite_loss_stops_without_saving_over_the_last_good(tmp_path):
     config = make_config(tmp_path, lr=1e30, checkpoint={"every_n_steps": 1, "keep": 50})
     with pytest.raises(TrainingError, match=r"NaN or Inf at step (\d+)") as e:
-        training.train_and_evaluate(config, tmp_path / "run")
+        train.train_and_evaluate(config, tmp_path / "run")
     bad = int(e.value.args[0].split("at step ")[1].split(";")[0])
     saved = checkpoint.checkpoint_paths(tmp_path / "ckpt")
     assert int(saved[-1].rsplit("-", 1)[1]) == bad - 1
@@ -235,16 +240,16 @@ def test_a_second_process_is_locked_out(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(CheckpointError, match=f"in use by another training process \\(pid {holder.pid}\\)"):
-            training.train_and_evaluate(make_config(tmp_path), tmp_path / "run")
+            train.train_and_evaluate(make_config(tmp_path), tmp_path / "run")
     finally:
         holder.kill()
         holder.wait()
     # A dead owner holds nothing.
-    assert training.train_and_evaluate(make_config(tmp_path), tmp_path / "run")["steps"] == 18
+    assert train.train_and_evaluate(make_config(tmp_path), tmp_path / "run")["steps"] == 18
 
 
 def test_eval_mode_reports_what_training_reported(tmp_path):
-    trained = training.train_and_evaluate(make_config(tmp_path, epochs=1), tmp_path / "run")
+    trained = train.train_and_evaluate(make_config(tmp_path, epochs=1), tmp_path / "run")
     evaluated = evaluation.evaluate_checkpoint(make_config(tmp_path, mode="eval"), tmp_path / "eval")
     assert evaluated["test_accuracy"] == trained["test_accuracy"]
     assert evaluated["test_loss"] == trained["test_loss"]
@@ -258,10 +263,10 @@ def test_eval_without_a_checkpoint_says_train_first(tmp_path):
 
 def test_checkpoint_cadence(monkeypatch):
     now = [0.0]
-    monkeypatch.setattr(training.time, "monotonic", lambda: now[0])
-    by_steps = training.Cadence(every_n_steps=5, every_n_minutes=None)
+    monkeypatch.setattr(checkpointer.time, "monotonic", lambda: now[0])
+    by_steps = checkpointer.Cadence(every_n_steps=5, every_n_minutes=None)
     assert [s for s in range(1, 16) if by_steps.due(s)] == [5, 10, 15]
-    by_time = training.Cadence(every_n_steps=None, every_n_minutes=2)
+    by_time = checkpointer.Cadence(every_n_steps=None, every_n_minutes=2)
     now[0] = 119.0
     assert not by_time.due(1)
     now[0] = 120.0
@@ -278,9 +283,9 @@ def test_mixed_precision_trains_with_float32_logits_and_resumes(tmp_path, tiny_d
     config = lambda where, epochs: make_config(tmp_path / where, data_dir=data_dir, epochs=epochs, batch_size=batch,
                                                precision=precision)
     try:
-        straight = training.train_and_evaluate(config("a", 2), tmp_path / "a" / "run")
-        training.train_and_evaluate(config("b", 1), tmp_path / "b" / "r1")
-        resumed = training.train_and_evaluate(config("b", 2), tmp_path / "b" / "r2")
+        straight = train.train_and_evaluate(config("a", 2), tmp_path / "a" / "run")
+        train.train_and_evaluate(config("b", 1), tmp_path / "b" / "r1")
+        resumed = train.train_and_evaluate(config("b", 2), tmp_path / "b" / "r2")
         state = new_state(config("c", 1), data.load("mnist", str(data_dir)))
     finally:
         keras.mixed_precision.set_global_policy("float32")  # for the other tests, whatever happened
@@ -301,7 +306,8 @@ def test_mixed_precision_trains_with_float32_logits_and_resumes(tmp_path, tiny_d
     ({"name": "cosine", "decay_steps": 100, "alpha": 0.1}, [0, 50, 100, 200], [0.01, 0.0055, 0.001, 0.001]),
 ])
 def test_learning_rate_schedules(tmp_path, schedule, at, expected):
-    rate = run.learning_rate(make_config(tmp_path, *(f"schedule.{k}={v}" for k, v in schedule.items()), lr=0.01))
+    config = make_config(tmp_path, *(f"schedule.{k}={v}" for k, v in schedule.items()), lr=0.01)
+    rate = learning_rate(config.lr, config.schedule, 18)  # 18 steps an epoch (none of these reads it)
     values = [float(rate(s)) if callable(rate) else rate for s in at]
     np.testing.assert_allclose(values, expected, rtol=1e-5)
 
@@ -309,7 +315,7 @@ def test_learning_rate_schedules(tmp_path, schedule, at, expected):
 def test_ensemble_trains_reports_members_and_round_trips(tmp_path):
     config = lambda where, epochs, **kw: make_config(tmp_path / where, "model=ensemble", "model.size=2",
                                                      epochs=epochs, **kw)
-    straight = training.train_and_evaluate(config("a", 2), tmp_path / "a" / "run")
+    straight = train.train_and_evaluate(config("a", 2), tmp_path / "a" / "run")
     assert len(straight["member_test_accuracy"]) == 2
     assert straight["test_accuracy"] >= max(straight["member_test_accuracy"]) - 0.05
     # Every member is in the checkpoint under the model: restore the model alone, evaluate.
@@ -319,8 +325,8 @@ def test_ensemble_trains_reports_members_and_round_trips(tmp_path):
     test_ds = data.test_dataset(sample.x_test, sample.y_test)
     assert steps.make_evaluate(fresh, test_ds.element_spec)(test_ds)[0]["member_test_accuracy"] == \
         straight["member_test_accuracy"]
-    training.train_and_evaluate(config("b", 1), tmp_path / "b" / "r1")
-    resumed = training.train_and_evaluate(config("b", 2), tmp_path / "b" / "r2")
+    train.train_and_evaluate(config("b", 1), tmp_path / "b" / "r1")
+    resumed = train.train_and_evaluate(config("b", 2), tmp_path / "b" / "r2")
     same = ("test_accuracy", "test_loss", "member_test_accuracy", "epochs", "steps", "run_name")
     assert {k: resumed[k] for k in same} == {k: straight[k] for k in same} and resumed["status"] == "resumed"
     assert_same_checkpoint(tmp_path / "a" / "ckpt" / "ckpt-36", tmp_path / "b" / "ckpt" / "ckpt-36")
@@ -331,12 +337,12 @@ def test_ensemble_trains_reports_members_and_round_trips(tmp_path):
 def test_augmented_run_resumes_exactly(tmp_path):
     every = {"every_n_steps": 7, "keep": 100}
     cfg = lambda where: make_config(tmp_path / where, "dataset.augment=true", epochs=2, checkpoint=every)
-    training.train_and_evaluate(cfg("a"), tmp_path / "a" / "run")
+    train.train_and_evaluate(cfg("a"), tmp_path / "a" / "run")
     shutil.copytree(tmp_path / "a" / "ckpt", tmp_path / "b" / "ckpt")
     for f in (tmp_path / "b" / "ckpt").glob("ckpt-*"):
         if int(f.name.split(".")[0].split("-")[1]) > 28:
             f.unlink()
-    training.train_and_evaluate(cfg("b"), tmp_path / "b" / "run")
+    train.train_and_evaluate(cfg("b"), tmp_path / "b" / "run")
     assert_same_checkpoint(tmp_path / "a" / "ckpt" / "ckpt-36", tmp_path / "b" / "ckpt" / "ckpt-36")
 
 
@@ -344,19 +350,19 @@ def test_other_data_gets_its_own_checkpoint_directory(tmp_path, tiny_data, monke
     monkeypatch.chdir(tmp_path)  # the default checkpoints/ root
     config = lambda data_dir: compose(f"dataset.data_dir='{data_dir}'", "epochs=1", "progress=false",
                                       "summaries=false")
-    real = training.train_and_evaluate(config(SAMPLE), tmp_path / "r1")
-    toy = training.train_and_evaluate(config(tiny_data), tmp_path / "r2")
+    real = train.train_and_evaluate(config(SAMPLE), tmp_path / "r1")
+    toy = train.train_and_evaluate(config(tiny_data), tmp_path / "r2")
     assert real["checkpoint_dir"] != toy["checkpoint_dir"] and toy["status"] == "started"
     assert Path(real["checkpoint_dir"]).name.startswith("mnist-book_cnn-lr0.001-bs100-seed0-")
 
 
 def test_a_damaged_given_checkpoint_is_one_clear_error(tmp_path):
-    training.train_and_evaluate(make_config(tmp_path / "a", epochs=1), tmp_path / "run")
+    train.train_and_evaluate(make_config(tmp_path / "a", epochs=1), tmp_path / "run")
     data_file = next((tmp_path / "a" / "ckpt").glob("ckpt-18.data-*"))
     data_file.write_bytes(b"garbage")
     config = make_config(tmp_path / "b", resume=str(tmp_path / "a" / "ckpt" / "ckpt-18"))
     with pytest.raises(CheckpointError, match="cannot restore it"):
-        training.train_and_evaluate(config, tmp_path / "run2")
+        train.train_and_evaluate(config, tmp_path / "run2")
     assert data_file.read_bytes() == b"garbage"  # another run's directory: read, not repaired
 
 
@@ -373,8 +379,8 @@ def test_jobs_in_one_process_do_not_keep_each_others_graphs(tmp_path):
 
     counts = []
     for seed in range(3):
-        training.train_and_evaluate(make_config(tmp_path / str(seed), seed=seed, summaries=False),
+        train.train_and_evaluate(make_config(tmp_path / str(seed), seed=seed, summaries=False),
                                     tmp_path / f"run{seed}")
-        run.setup(make_config(tmp_path, seed=seed))  # what the next job starts with
+        build.setup(make_config(tmp_path, seed=seed))  # what the next job starts with
         counts.append(live_graphs())
     assert counts[2] == counts[1] == counts[0], counts
