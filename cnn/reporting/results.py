@@ -46,7 +46,8 @@ def results(config: Config, rows: list[dict], final: dict, step: int, directory:
     monitor = config.monitor if validating else "test_accuracy"
     rates = [r["images_per_sec"] for r in rows if r["images_per_sec"] > 0]
     return {
-        "status": status,  # how this invocation began: started, resumed (or skipped, when finished)
+        "status": status,  # how this invocation began, started or resumed (skipped: finished before),
+        # or why an epoch-end action ended it early (pruned)
         "protocol": "validation" if validating else "test every epoch",
         "monitor": monitor,
         "objective": selected.get(monitor),

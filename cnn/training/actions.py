@@ -43,6 +43,7 @@ class EpochEnd:
     row: dict = dataclasses.field(default_factory=dict)
     best: bool = False
     timings: dict = dataclasses.field(default_factory=dict)
+    stop: Optional[str] = None  # set by an action to end the run after this epoch (e.g. "pruned")
 
 
 class RecomputeStatistics:

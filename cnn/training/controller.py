@@ -129,6 +129,9 @@ class Controller:
                                               step >= config.epochs * spe, inputs))
                 if self.between_calls(step)[0] and step < config.epochs * spe:
                     self.stop_here(step)
+                if end.stop is not None:  # an action ended the run (its checkpoint is saved)
+                    log.info("%s after epoch %d", end.stop, epoch + 1)
+                    break
         return end
 
     def train_dataset(self, epoch: int, skip_batches: int) -> tf.data.Dataset:

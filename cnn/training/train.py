@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from cnn.checkpointing import resume
 from cnn.checkpointing.directory import keep_best, write_identity
@@ -33,7 +33,8 @@ from cnn.training.protocol import final_evaluation
 log = logging.getLogger("cnn.training")
 
 
-def train_and_evaluate(config: Config, workdir: str | Path, started: Optional[float] = None) -> dict:
+def train_and_evaluate(config: Config, workdir: str | Path, started: Optional[float] = None,
+                       actions: Sequence = ()) -> dict:
     """Trains one configured run to `config.epochs`, resuming from its checkpoints.
 
     Writes metrics.csv, results.json, learning_curves.png and TensorBoard
@@ -43,6 +44,8 @@ def train_and_evaluate(config: Config, workdir: str | Path, started: Optional[fl
     Under `distribute=multi_worker` every worker calls it; the chief writes those files, and
     the other workers save their checkpoints into temporary directories, removed at the end.
     Raises cnn.runtime.stopping.Stopped after a polite stop (SIGINT, SIGTERM) has saved.
+    `actions`: more epoch-end actions, called after the run's own (cnn/training/actions.py); one
+    that sets `end.stop` ends the run after that epoch, and results.json's status says why.
     """
     started = time.time() if started is None else started
     workdir = Path(workdir)
@@ -62,10 +65,10 @@ def train_and_evaluate(config: Config, workdir: str | Path, started: Optional[fl
         write_identity(run.directory, run.identity, run.directory.name)
         if summaries_on:
             summaries.write_hparams(run.identity, run.directory.name)
-        trained = Training(config, state, run, placement, workdir, summaries_on)
+        trained = Training(config, state, run, placement, workdir, summaries_on, actions=actions)
         with placement.peers_watched(state.step):
             trained.fit(started)
-        results = trained.results(status)
+        results = trained.results(trained.stopped or status)
         if summaries_on:
             summaries.write_final_summaries(results, results["steps"])
     results_lib.write_results(results, workdir, run.directory)
@@ -96,7 +99,7 @@ class Training:
     """A run's controller, evaluator, checkpointer and epoch-end actions, assembled."""
 
     def __init__(self, config: Config, state, run: build.Prepared, placement: distribute.Distribution,
-                 workdir: Path, summaries_on: bool, save_into: Optional[Path] = None):
+                 workdir: Path, summaries_on: bool, save_into: Optional[Path] = None, actions: Sequence = ()):
         self.config, self.state, self.run, self.placement = config, state, run, placement
         data, directory, chief = run.data, run.directory, placement.chief
         self.evaluator = Evaluator(state.model, data)
@@ -111,9 +114,11 @@ class Training:
         self.record = actions_lib.Record(self.rows, directory, workdir) if chief else None
         self.curves = actions_lib.DrawCurves(self.rows, workdir / "learning_curves.png",
                                              config.plot_every_n_minutes) if chief else None
-        self.controller = Controller(config, state, data, directory, self.checkpointer, self.actions(summaries_on),
-                                     placement, workdir, summaries_on, self.evaluator.element_spec)
+        self.controller = Controller(config, state, data, directory, self.checkpointer,
+                                     [*self.actions(summaries_on), *actions], placement, workdir, summaries_on,
+                                     self.evaluator.element_spec)
         self.last_evaluation: dict = {}
+        self.stopped: Optional[str] = None  # why an action ended the run early (e.g. "pruned")
 
     def actions(self, summaries_on: bool) -> list:
         """The epoch's duties, in order: statistics, evaluation, selection, metrics.csv, checkpoint,
@@ -140,7 +145,7 @@ class Training:
         self.log_epoch.line_end = time.perf_counter()  # an epoch's wall time runs from the previous epoch's line
         end = c.fit(started)
         if end is not None:
-            self.last_evaluation = end.evaluation
+            self.last_evaluation, self.stopped = end.evaluation, end.stop
             return
         step, spe = c.step, c.steps_per_epoch  # already trained that far: report the checkpoint as it is
         log.info("already trained to epoch %d (step %d)%s; evaluating only", -(-step // spe), step,
