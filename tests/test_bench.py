@@ -8,7 +8,7 @@ import keras
 import pytest
 from conftest import ROOT, SAMPLE
 
-from cnn import bench
+from cnn.tools import bench
 
 
 @pytest.mark.slow
@@ -44,7 +44,7 @@ def test_the_replica_benchmark_runs_on_tiny_sizes(tmp_path):
     """`--replicas` splits the CPU into logical devices, which TensorFlow allows once per process,
     before anything runs: in its own process."""
     out = tmp_path / "replicas.md"
-    proc = subprocess.run([sys.executable, "-m", "cnn.bench", "--dataset", "mnist", "--data-dir", str(SAMPLE),
+    proc = subprocess.run([sys.executable, "-m", "cnn.tools.bench", "--dataset", "mnist", "--data-dir", str(SAMPLE),
                            "--steps", "4", "--repeats", "1", "--batch-size", "50", "--steps-per-loop", "2",
                            "--replicas", "1", "2", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
@@ -59,7 +59,7 @@ def test_the_replica_benchmark_runs_on_tiny_sizes(tmp_path):
 
 @pytest.mark.slow
 def test_the_image_folder_benchmark_runs_on_tiny_sizes(tmp_path):
-    from cnn import to_folder
+    from cnn.tools import to_folder
 
     folder = tmp_path / "png"
     assert to_folder.main([str(folder), "--dataset", "mnist", "--data-dir", str(SAMPLE)]) == 0

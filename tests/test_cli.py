@@ -63,7 +63,8 @@ def test_missing_data_is_one_clear_line(tmp_path):
     ("+batch_sise=10", "batch_sise: no such key (did you mean batch_size?)"),
     ("lr=abc", "lr: Value 'abc' of type 'str' could not be converted to Float"),
     ("dataset=foo", "dataset=foo: no such option; available: cifar10, fashion_mnist, image_folder, mnist"),
-    ("model.size=3", "model.size=3: book_cnn does not take it"),
+    ("model.size=3", "model.size: no such option of this model"),  # not in book_cnn's YAML: at composition
+    ("+model.size=3", "model.size=3: book_cnn does not take it"),  # added: by the builder check, before the data
     ("dataset.validation_split=1.5", "dataset.validation_split=1.5: must be in [0, 1)"),
     ("early_stopping.patience=-1", "early_stopping.patience=-1: must be >= 0"),
     ("monitor=accuracy", "monitor=accuracy: must be one of val_accuracy, val_loss"),
@@ -84,16 +85,27 @@ def test_a_rejected_resume_leaves_nothing_behind(tmp_path):
 
 
 def test_help_explains_every_key(tmp_path):
-    from cnn.config import Config, _schema_keys
+    import inspect
+
+    from cnn.config import Config, ImageFolderConfig
+    from cnn.config.compose import OPEN_GROUPS, schema_keys
+    from cnn.models import MODELS
 
     proc = train(tmp_path, "--help")
-    for key in _schema_keys(Config):
-        if key not in ("dataset.name", "model.name", "distribute.name", "model.members", "model.size",
-                       "schedule.decay_steps",
-                       "schedule.decay_rate", "schedule.staircase", "schedule.alpha",
-                       "checkpoint.every_n_steps", "checkpoint.every_n_minutes"):
+    for key in dict.fromkeys(schema_keys(Config) + schema_keys(ImageFolderConfig, "dataset.")):  # image folders' too
+        if key in OPEN_GROUPS:  # the model's and the optimizer's options: one entry each, `model.*`
+            assert f"\n{key}.* " in proc.stdout, key
+        elif key not in ("dataset.name", "distribute.name", "schedule.decay_steps",
+                         "schedule.decay_rate", "schedule.staircase", "schedule.alpha",
+                         "schedule.milestones", "schedule.gamma",
+                         "checkpoint.every_n_steps", "checkpoint.every_n_minutes"):
             assert f"\n{key} " in proc.stdout, key
-    assert "model.members, .size" in proc.stdout and "decay_steps, decay_rate, staircase" in proc.stdout
+    models = proc.stdout.split("\nmodel.* ", 1)[1].split("\nmodel._target_ ", 1)[0]  # the model.* entry
+    for name in MODELS:  # names every option of every built-in model (dropout, members, size, bn_momentum)
+        for option in inspect.signature(MODELS[name]).parameters:
+            assert option in MODELS.context or option in models, (name, option)
+    assert "model=ensemble: members," in models and "decay_steps, decay_rate, staircase" in proc.stdout
+    assert "step (milestones, gamma)" in proc.stdout
     assert "checkpoint.every_n_steps, checkpoint.every_n_minutes" in proc.stdout
 
 

@@ -210,7 +210,7 @@ def test_sigint_and_sigterm_save_the_step_and_the_rerun_ends_bitwise_equal(tmp_p
 SIGNAL_SCRIPT = """
 import os, signal, sys, time
 sys.path.insert(0, {root!r})
-from cnn.stopping import StopRequest
+from cnn.runtime.stopping import StopRequest
 calls = []
 signal.signal(signal.SIGUSR2, lambda s, f: calls.append(s))  # a launcher's handler (submitit requeues)
 with StopRequest() as stop:

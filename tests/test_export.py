@@ -1,4 +1,4 @@
-"""mode=export and `python -m cnn.predict`: a trained run as a SavedModel that needs only TensorFlow."""
+"""mode=export and `python -m cnn.tools.predict`: a trained run as a SavedModel that needs only TensorFlow."""
 
 import json
 import subprocess
@@ -12,10 +12,12 @@ from conftest import ROOT
 from test_cli import env, train
 
 from cnn import data as data_lib
-from cnn import export, predict, run
+from cnn.checkpointing.resume import restore_chosen
 from cnn.config import compose
-from cnn.evaluation import restore_chosen
 from cnn.models import create_model
+from cnn.serving import export
+from cnn.tools import predict
+from cnn.training import build
 
 
 def write_png(path, image):
@@ -34,13 +36,13 @@ def test_export_then_predict_in_a_fresh_process_gives_the_checkpoints_classes(tm
     record = json.loads((out / "export.json").read_text())
     assert record["which"] == "best" and record["image_shape"] == [28, 28, 1]
     assert (out / "labels.txt").read_text().splitlines() == [str(i) for i in range(10)]
-    assert "try: python -m cnn.predict" in proc.stdout + proc.stderr
+    assert "try: python -m cnn.tools.predict" in proc.stdout + proc.stderr
 
     data = data_lib.load("mnist", str(tiny_data), download=False)
     images = data.x_test[:8]
     paths = [write_png(tmp_path / f"{i}.png", image) for i, image in enumerate(images)]
     paths.append(write_png(tmp_path / "rgb.png", tf.image.grayscale_to_rgb(tf.constant(images[0]))))
-    proc = subprocess.run([sys.executable, "-m", "cnn.predict", str(out), *map(str, paths), "--json", "--top", "3"],
+    proc = subprocess.run([sys.executable, "-m", "cnn.tools.predict", str(out), *map(str, paths), "--json", "--top", "3"],
                           cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     predicted = json.loads(proc.stdout)
@@ -49,8 +51,8 @@ def test_export_then_predict_in_a_fresh_process_gives_the_checkpoints_classes(tm
 
     # The checkpoint the export chose, on the same images, in this process.
     config = compose(*[s for s in settings if not s.startswith("checkpoint.dir")], f"checkpoint.dir={tmp_path / 'ckpt'}")
-    run.setup(config)
-    state = run.create_state(config, data)
+    build.setup(config)
+    state = build.create_state(config, data)
     assert restore_chosen(state, tmp_path / "ckpt", None)[0].endswith(record["checkpoint"].split("ckpt", 1)[1])
     expected = tf.nn.softmax(state.model(images.astype(np.float32) / 255, training=False)).numpy()
     for row, probabilities in zip(predicted, [*expected, expected[0]]):
@@ -127,7 +129,7 @@ def test_export_without_a_trained_run_is_one_line(tmp_path, tiny_data):
 
 
 def test_a_dataset_written_out_as_class_folders_keeps_every_pixel(tmp_path, tiny_data, capsys):
-    from cnn import to_folder
+    from cnn.tools import to_folder
 
     out = tmp_path / "folder"
     assert to_folder.main([str(out), "--dataset", "mnist", "--data-dir", str(tiny_data), "--limit", "30"]) == 0

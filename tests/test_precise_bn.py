@@ -8,7 +8,12 @@ import tensorflow as tf
 from conftest import SAMPLE
 from test_training import make_config, variables
 
-from cnn import checkpoint, data, evaluation, history, precise_bn, run, training
+from cnn import data
+from cnn.checkpointing import directory as checkpoint
+from cnn.reporting import history
+from cnn.training import build, precise_bn
+from cnn.training import evaluate as evaluation
+from cnn.training import train as training  # (the test below has a helper called train)
 
 
 def test_statistics_are_the_average_over_the_batches():
@@ -34,8 +39,8 @@ def test_models_without_batch_norm_or_batches_get_none():
 def test_recomputing_leaves_weights_and_dropout_state_alone(tmp_path):
     config = make_config(tmp_path, "model=ensemble", "model.members=bn_cnn", "model.size=2")
     sample = data.split_validation(data.load("mnist", str(SAMPLE)), config.dataset.validation_split)
-    run.setup(config)
-    state = run.create_state(config, sample)
+    build.setup(config)
+    state = build.create_state(config, sample)
     before = {v.path: v.numpy().copy() for v in state.model.variables}
     ds = data.statistics_dataset(sample.x_train, sample.y_train, 100, 0, 3)
     precise_bn.create(state.model, 3, ds.element_spec).recompute(ds)
@@ -83,8 +88,8 @@ def test_precise_statistics_make_an_unconverged_model_usable_without_changing_tr
         assert not np.allclose(saved[key], moving_saved[key], rtol=1e-3), key
     config = make_config(tmp_path / "precise", "model=bn_cnn", batch_size=50)
     sample = data.split_validation(data.load("mnist", str(SAMPLE)), config.dataset.validation_split)
-    run.setup(config)
-    state = run.create_state(config, sample)
+    build.setup(config)
+    state = build.create_state(config, sample)
     checkpoint.restore(state.checkpoint, moving["checkpoint"])  # the same weights, moving averages
     ds = data.statistics_dataset(sample.x_train, sample.y_train, 50, 0, 50)
     precise_bn.create(state.model, 50, ds.element_spec).recompute(ds)
@@ -108,6 +113,6 @@ def test_bn_momentum_reaches_every_batch_norm_layer(tmp_path):
                                 (["model=ensemble", "model.members=bn_cnn", "model.size=2",
                                   "model.bn_momentum=0.5"], 0.5)):
         config = make_config(tmp_path, *overrides)
-        run.setup(config)
-        layers = precise_bn.batch_norm_layers(run.create_state(config, sample).model)
+        build.setup(config)
+        layers = precise_bn.batch_norm_layers(build.create_state(config, sample).model)
         assert layers and {layer.momentum for layer in layers} == {expected}, overrides

@@ -1,4 +1,4 @@
-"""The sweep report: `python -m cnn.report`, its plots' axes, and the Hydra callback."""
+"""The sweep report: `python -m cnn.tools.report`, its plots' axes, and the Hydra callback."""
 
 import csv
 import json
@@ -12,8 +12,9 @@ import pytest
 from conftest import ROOT
 from omegaconf import OmegaConf
 
-from cnn import history, report
-from cnn.sweep_callback import SweepReport
+from cnn.reporting import history
+from cnn.reporting import sweep_report as report
+from cnn.sweeps.report_callback import SweepReport
 
 
 def fake_job(sweep: Path, num: int, overrides: list, results: dict, losses=()) -> None:
@@ -39,7 +40,7 @@ def sweep(tmp_path) -> Path:
 
 
 def run_report(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cnn.report", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cnn.tools.report", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
 
 
@@ -73,7 +74,8 @@ def test_report_entry_point_errors_in_one_line(tmp_path, make, message):
 
 
 def test_report_imports_no_hydra():
-    proc = subprocess.run([sys.executable, "-c", "import cnn.report, sys; assert 'hydra' not in sys.modules"],
+    code = "import cnn.tools.report, cnn.reporting.sweep_report, sys; assert 'hydra' not in sys.modules"
+    proc = subprocess.run([sys.executable, "-c", code],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
 
@@ -152,3 +154,21 @@ def test_sweep_callback_writes_the_report_and_fails_the_sweep_on_a_failed_job(sw
     assert exit_info.value.code == 1
     assert "1 of 4 jobs failed (jobs 3)" in caplog.text
     assert (sweep / "report.md").exists() and (sweep / "learning_curves.png").exists()
+
+
+def test_the_hparams_columns_are_the_keys_the_runs_record(tmp_path):
+    """The sweep's HParams columns name the settings as each run's record does (cnn.config.identity):
+    a swept group by its name, a model's or an optimizer's own option by itself."""
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from cnn.sweeps.report_callback import write_hparams_config
+
+    write_hparams_config(tmp_path, ["dataset", "lr", "model", "model.dropout", "optimizer", "optimizer.momentum",
+                                    "hydra.launcher.n_jobs"])
+    (experiment,) = [plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content).experiment
+                     for path in tmp_path.glob("events.out.tfevents.*")
+                     for event in tf.compat.v1.train.summary_iterator(str(path))
+                     for value in event.summary.value if value.tag == "_hparams_/experiment"]
+    assert [h.name for h in experiment.hparam_infos] == ["dataset.name", "lr", "model.name", "model.dropout",
+                                                         "optimizer.name", "optimizer.momentum"]

@@ -7,7 +7,9 @@ from pathlib import Path
 import tensorflow as tf
 from test_training import make_config
 
-from cnn import history, reporting, training
+from cnn.reporting import epoch, history, summaries
+from cnn.reporting import results as results_lib
+from cnn.training import train as training
 
 
 def scalar_steps(directory: Path, tag: str) -> list[int]:
@@ -34,7 +36,7 @@ def test_misclassified_descriptions_are_not_markdown_headings(tmp_path):
 
     writer = tf.summary.create_file_writer(str(tmp_path))
     with writer.as_default():
-        reporting.write_epoch_summaries(dict.fromkeys(("loss", "accuracy", "test_loss", "test_accuracy", "lr"), 0.5),
+        summaries.write_epoch_summaries(dict.fromkeys(("loss", "accuracy", "test_loss", "test_accuracy", "lr"), 0.5),
                                         "test", np.zeros((3, 4, 4, 1), np.uint8), np.array([1, 0, 2]), np.array([1, 1, 1]),
                                         ("a", "b", "c"), step=1)
     writer.close()
@@ -53,11 +55,11 @@ def test_memory_is_reported_without_proc(monkeypatch):
             raise FileNotFoundError(path)  # as on macOS and Windows
         return real_open(path, *args, **kwargs)
 
-    assert reporting.rss_mb() > 10
+    assert results_lib.rss_mb() > 10
     monkeypatch.setattr(builtins, "open", no_proc)
-    assert reporting.rss_mb() > 10  # the peak, from getrusage
+    assert results_lib.rss_mb() > 10  # the peak, from getrusage
     monkeypatch.setitem(sys.modules, "resource", None)  # as on Windows
-    assert reporting.rss_mb() is None
+    assert results_lib.rss_mb() is None
 
 
 def test_every_epoch_row_has_its_wall_time_and_its_parts(tmp_path):
@@ -70,9 +72,9 @@ def test_every_epoch_row_has_its_wall_time_and_its_parts(tmp_path):
 
 def test_the_epoch_line_names_time_outside_the_parts():
     row = {"seconds": 60.0, "evaluation_seconds": 1.0, "checkpoint_seconds": 0.1, "reporting_seconds": 0.2}
-    assert reporting.unaccounted_note({**row, "wall_seconds": 62.0}) == ""  # 0.7 s of 62: 1 %
-    assert reporting.unaccounted_note({**row, "wall_seconds": 82.0}) == \
+    assert epoch.unaccounted_note({**row, "wall_seconds": 62.0}) == ""  # 0.7 s of 62: 1 %
+    assert epoch.unaccounted_note({**row, "wall_seconds": 82.0}) == \
         "  wall 82.0 s: 20.7 s outside training, evaluation, checkpoint and reporting"
     short = {"seconds": 1.0, "evaluation_seconds": 0.1, "checkpoint_seconds": 0.0, "reporting_seconds": 0.0}
-    assert reporting.unaccounted_note({**short, "wall_seconds": 1.5}) == ""  # under half a second
-    assert reporting.unaccounted_note(row) == ""  # rows written before wall times were
+    assert epoch.unaccounted_note({**short, "wall_seconds": 1.5}) == ""  # under half a second
+    assert epoch.unaccounted_note(row) == ""  # rows written before wall times were

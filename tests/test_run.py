@@ -6,42 +6,42 @@ import pytest
 import tensorflow as tf
 from test_training import assert_same_checkpoint, make_config
 
-from cnn import run, training
+from cnn.training import build, train
 from cnn.errors import CheckpointError
 
 
 def test_resume_from_a_directory_takes_its_latest_checkpoint(tmp_path):
-    training.train_and_evaluate(make_config(tmp_path / "a", epochs=2), tmp_path / "a" / "run")
+    train.train_and_evaluate(make_config(tmp_path / "a", epochs=2), tmp_path / "a" / "run")
     given = tmp_path / "a" / "ckpt"
     before = {p.name: p.stat().st_mtime_ns for p in given.iterdir()}
-    results = training.train_and_evaluate(make_config(tmp_path / "b", epochs=3, resume=str(given)),
+    results = train.train_and_evaluate(make_config(tmp_path / "b", epochs=3, resume=str(given)),
                                           tmp_path / "b" / "run")
     assert results["status"] == "resumed" and results["steps"] == 54
     assert {p.name: p.stat().st_mtime_ns for p in given.iterdir()} == before  # only read
-    straight = training.train_and_evaluate(make_config(tmp_path / "c", epochs=3), tmp_path / "c" / "run")
+    straight = train.train_and_evaluate(make_config(tmp_path / "c", epochs=3), tmp_path / "c" / "run")
     assert results["test_accuracy"] == straight["test_accuracy"]
     assert_same_checkpoint(tmp_path / "c" / "ckpt" / "ckpt-54", tmp_path / "b" / "ckpt" / "ckpt-54")
 
 
 def test_a_damaged_run_json_is_one_clear_error_and_stays(tmp_path):
-    training.train_and_evaluate(make_config(tmp_path), tmp_path / "run")
+    train.train_and_evaluate(make_config(tmp_path), tmp_path / "run")
     record = tmp_path / "ckpt" / "run.json"
     record.write_text("{ not json")
     with pytest.raises(CheckpointError, match=r"run\.json: unreadable .*checkpoint\.dir=<another dir>"):
-        training.train_and_evaluate(make_config(tmp_path, epochs=2), tmp_path / "run2")
+        train.train_and_evaluate(make_config(tmp_path, epochs=2), tmp_path / "run2")
     assert record.read_text() == "{ not json"
 
 
 def test_a_rejected_run_leaves_no_directory(tmp_path):
     with pytest.raises(CheckpointError, match="resume=maybe: no such checkpoint"):
-        training.train_and_evaluate(make_config(tmp_path, resume="maybe"), tmp_path / "run")
+        train.train_and_evaluate(make_config(tmp_path, resume="maybe"), tmp_path / "run")
     assert not (tmp_path / "ckpt").exists()
 
 
 def test_a_failed_run_keeps_a_directory_it_did_not_create(tmp_path):
     (tmp_path / "ckpt").mkdir()
     with pytest.raises(CheckpointError):
-        training.train_and_evaluate(make_config(tmp_path, resume="maybe"), tmp_path / "run")
+        train.train_and_evaluate(make_config(tmp_path, resume="maybe"), tmp_path / "run")
     assert (tmp_path / "ckpt").is_dir()
 
 
@@ -49,19 +49,19 @@ def test_each_job_gets_the_determinism_it_asks_for(tmp_path):
     from tensorflow.python.framework import config as tf_config
 
     try:
-        run.setup(make_config(tmp_path, deterministic=True))
+        build.setup(make_config(tmp_path, deterministic=True))
         assert tf_config.is_op_determinism_enabled()
         with pytest.raises(RuntimeError, match="determinism is enabled"):  # nondeterminism refused
             tf.random.Generator.from_non_deterministic_state()
-        run.setup(make_config(tmp_path, deterministic=False))
+        build.setup(make_config(tmp_path, deterministic=False))
         assert not tf_config.is_op_determinism_enabled()
         tf.random.Generator.from_non_deterministic_state()  # allowed again
     finally:
-        run.setup(make_config(tmp_path))
+        build.setup(make_config(tmp_path))
 
 
 def test_results_name_the_first_steps_wait(tmp_path):
-    results = training.train_and_evaluate(make_config(tmp_path), tmp_path / "run")
+    results = train.train_and_evaluate(make_config(tmp_path), tmp_path / "run")
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["first_step_seconds"] == results["first_step_seconds"] > 0
 
@@ -74,7 +74,8 @@ def test_jobs_in_one_process_get_no_false_retracing_warning(tmp_path, caplog, mo
     import keras
     from tensorflow.python.eager.polymorphic_function import polymorphic_function as pf
 
-    from cnn import console, steps
+    from cnn.runtime import console
+    from cnn.training import steps
 
     config = make_config(tmp_path)
     spec = (tf.TensorSpec([None, 4], tf.float32), tf.TensorSpec([None], tf.int32))
@@ -83,7 +84,7 @@ def test_jobs_in_one_process_get_no_false_retracing_warning(tmp_path, caplog, mo
     def jobs(n):
         pf._frequent_tracing_detector_manager = pf._FrequentTracingDetectorManager()  # a fresh process
         for _ in range(n):
-            run.setup(config)
+            build.setup(config)
             steps.make_evaluate(keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]), spec)(batches)
 
     tf_logger = logging.getLogger("tensorflow")
@@ -91,7 +92,7 @@ def test_jobs_in_one_process_get_no_false_retracing_warning(tmp_path, caplog, mo
         jobs(7)
         assert "retracing" not in caplog.text
         ours = [f for f in tf_logger.filters if isinstance(f, console._PerRunRetracing)]
-        monkeypatch.setattr(run, "hide_per_run_retracing_warnings", lambda: None)
+        monkeypatch.setattr(build, "hide_per_run_retracing_warnings", lambda: None)
         for f in ours:
             tf_logger.removeFilter(f)
         try:
@@ -104,11 +105,11 @@ def test_jobs_in_one_process_get_no_false_retracing_warning(tmp_path, caplog, mo
 
 def test_a_record_listing_keys_that_cannot_change_the_run_is_still_this_run(tmp_path):
     """run.json written when model.size of a single model still entered the identity."""
-    training.train_and_evaluate(make_config(tmp_path), tmp_path / "run")
+    train.train_and_evaluate(make_config(tmp_path), tmp_path / "run")
     record = tmp_path / "ckpt" / "run.json"
     saved = json.loads(record.read_text())
     saved["identity"].update({"model.members": "book_cnn", "model.size": 5})
     record.write_text(json.dumps(saved))
-    assert training.train_and_evaluate(make_config(tmp_path, epochs=2), tmp_path / "run2")["status"] == "resumed"
+    assert train.train_and_evaluate(make_config(tmp_path, epochs=2), tmp_path / "run2")["status"] == "resumed"
     with pytest.raises(CheckpointError, match=r"different run \(lr: 0.001 there, 0.01 here\)"):
-        training.train_and_evaluate(make_config(tmp_path, epochs=2, lr=0.01), tmp_path / "run3")
+        train.train_and_evaluate(make_config(tmp_path, epochs=2, lr=0.01), tmp_path / "run3")

@@ -10,7 +10,11 @@ import pytest
 from conftest import SAMPLE, write_idx
 from test_training import make_config
 
-from cnn import checkpoint, data, evaluation, report, training
+from cnn import data
+from cnn.checkpointing import directory as checkpoint
+from cnn.reporting import sweep_report as report
+from cnn.training import evaluate as evaluation
+from cnn.training import train as training
 from cnn.errors import CheckpointError, ConfigError, DataError
 
 # On the MNIST sample (1,800 training images after the split, 18 steps an epoch), lr=0.01 with a

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from test_cli import train
 
 from cnn.config import register_configs
-from cnn.report import write_report
+from cnn.reporting.sweep_report import write_report
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 register_configs()
@@ -134,7 +134,7 @@ def study_db(tmp_path) -> Path:
 
 def study_trials(tmp_path) -> list:
     """The study's trials, read through Optuna (only once no sweep writes to it)."""
-    import cnn.optuna_search  # noqa: F401  (before optuna: quiets SQLAlchemy's 2.0 warning)
+    import cnn.sweeps.optuna_resume  # noqa: F401  (before optuna: quiets SQLAlchemy's 2.0 warning)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

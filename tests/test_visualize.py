@@ -11,7 +11,10 @@ import tensorflow as tf
 from conftest import SAMPLE
 from test_training import make_config
 
-from cnn import basics, evaluation, plots, training, visualize
+from cnn.reporting import plots
+from cnn.tools import basics, visualize
+from cnn.training import evaluate as evaluation
+from cnn.training import train as training
 
 
 def png(path: Path, width: int, height: int) -> np.ndarray:

@@ -39,7 +39,7 @@ class Ensemble(keras.Model):
         return tf.reduce_sum(tf.reduce_mean(losses, axis=-1))
 
     def class_scores(self, logits):
-        return tf.reduce_sum(logits, axis=0)
+        return ops.sum(logits, axis=0)  # keras.ops: also on the symbolic tensors of the export's functional model
 
     def member_scores(self, logits) -> list:
         return [logits[i] for i in range(self.size)]

@@ -6,15 +6,16 @@ Named in conf/config.yaml under hydra.callbacks.report.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import OmegaConf
 
 from cnn.config import Config
-from cnn.config.compose import schema_keys
+from cnn.config.compose import OPEN_GROUPS, schema_keys
 from cnn.reporting.sweep_report import collect, swept_keys, write_report
 
 log = logging.getLogger("cnn.report")
@@ -32,7 +33,6 @@ def write_hparams_config(sweep_dir: Path, keys: list[str]) -> None:
 
     if importlib.util.find_spec("tensorboard") is None:
         return
-    import time
 
     from cnn.runtime.console import import_tensorflow
 
@@ -41,8 +41,9 @@ def write_hparams_config(sweep_dir: Path, keys: list[str]) -> None:
     from tensorboard.plugins.hparams import summary_v2 as hp
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-    known = set(schema_keys(Config))
-    names = [k if k in known else f"{k}.name" for k in keys if k in known or f"{k}.name" in known]
+    known = set(schema_keys(Config))  # an open group (model, optimizer) is one key: its options are its own
+    names = [f"{k}.name" if f"{k}.name" in known or k in OPEN_GROUPS else k for k in keys
+             if k in known or f"{k}.name" in known or k.split(".", 1)[0] in OPEN_GROUPS]  # as the runs record them
     summary = hp.hparams_config_pb(hparams=[hp.HParam(name) for name in names],
                                    metrics=[hp.Metric(tag, display_name=label) for tag, label in HPARAMS_METRICS])
     writer = EventFileWriter(str(sweep_dir))
@@ -51,14 +52,17 @@ def write_hparams_config(sweep_dir: Path, keys: list[str]) -> None:
 
 
 def study_sections(config) -> list[str]:
-    """The Optuna study's section of the report, when the sweep keeps one in a storage."""
-    sweeper = OmegaConf.select(config, "hydra.sweeper")
-    if sweeper is None or not sweeper.get("storage") or not sweeper.get("study_name"):
+    """The Optuna study's section of the report, when the sweep was a search (its sweeper wrote
+    study.json: the study's name and storage)."""
+    sweep_dir = Path(config.hydra.sweep.dir)
+    try:
+        record = json.loads((sweep_dir / "study.json").read_text())
+    except (OSError, ValueError):
         return []
     try:
-        from cnn.sweeps.optuna_resume import study_report
+        from cnn.sweeps.study_report import study_report  # Optuna: an optional dependency
 
-        section = study_report(str(sweeper.storage), str(sweeper.study_name), Path(config.hydra.sweep.dir))
+        section = study_report(str(record["storage"]), str(record["study_name"]), sweep_dir)
     except Exception:  # noqa: BLE001  (the jobs' report comes first)
         log.exception("could not read the Optuna study for the report")
         return []
@@ -68,8 +72,15 @@ def study_sections(config) -> list[str]:
 class SweepReport(Callback):
     """The report at the end of a multirun, and a failing exit if a job failed."""
 
+    started = 0.0
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self.started = time.time()
+
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        if not collect(sweep_dir):  # a search with nothing left to run has said so itself
+            return
         try:
             jobs = write_report(sweep_dir, sections=study_sections(config))
             write_hparams_config(sweep_dir, swept_keys(jobs))
@@ -81,8 +92,17 @@ class SweepReport(Callback):
             counts[job["results"].get("status")] = counts.get(job["results"].get("status"), 0) + 1
         log.info("sweep of %d jobs: %s; report in %s", len(jobs),
                  ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=str)), sweep_dir / "report.md")
-        failed = [job["job"] for job in jobs if job["results"].get("status") in ("failed", "unfinished", None)]
+        failed = [job["job"] for job in jobs if job["results"].get("status") in ("failed", "unfinished", None)
+                  and not self.left_over(sweep_dir / job["job"])]
         if failed:  # SystemExit: Hydra turns exceptions in callbacks into warnings
             log.error("%d of %d jobs failed (jobs %s); see %s", len(failed), len(jobs), ", ".join(failed),
                       sweep_dir / "report.md")
             sys.exit(1)
+
+    def left_over(self, job_dir: Path) -> bool:
+        """Whether an unfinished job's directory was left by an earlier invocation (a rerun with the
+        same hydra.sweep.dir): its job was this invocation's to redo, not a failure of it."""
+        try:
+            return job_dir.stat().st_mtime < self.started - 1
+        except OSError:
+            return False

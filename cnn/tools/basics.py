@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE = Path(__file__).resolve().parents[1] / "tests" / "data" / "mnist-sample"
+SAMPLE = Path(__file__).resolve().parents[2] / "tests" / "data" / "mnist-sample"
 
 TOY = np.arange(1, 10, dtype=np.float32).reshape(1, 3, 3, 1)  # (batch, height, width, channels)
 ONES = np.ones((2, 2, 1, 1), np.float32)  # (height, width, in channels, out channels)
