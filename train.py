@@ -57,7 +57,8 @@ def main(cfg: DictConfig) -> float:
             return evaluate.evaluate_checkpoint(config, workdir)["test_accuracy"]
         from cnn.training import train  # imports TensorFlow
 
-        results = train.train_and_evaluate(config, workdir, started=started)
+        results = train.train_and_evaluate(config, workdir, started=started,
+                                           actions=search_actions(hydra_config, config, workdir))
         if multirun and results.get("protocol") != "validation":
             log.warning("dataset.validation_split=0: this job's objective is its test accuracy; a sweep "
                         "that picks by it selects on the test set")
@@ -80,6 +81,17 @@ def main(cfg: DictConfig) -> float:
         return float("nan")
 
 
+def search_actions(hydra_config, config, workdir) -> list:
+    """A search's epoch-end report to its trial, when this job is one (cnn/sweeps/trial.py);
+    Optuna is imported only then (it is an optional dependency)."""
+    sweeper = hydra_config.get("sweeper")
+    if sweeper is None or sweeper.get("trial") is None:
+        return []
+    from cnn.sweeps.trial import search_actions as trial_actions
+
+    return trial_actions(sweeper, config.monitor, workdir)
+
+
 def run() -> None:
     """`main`, with Hydra's several-line composition errors (`batch_sise=10`, `lr=abc`,
     `dataset=foo`) turned into one line; HYDRA_FULL_ERROR=1 shows Hydra's own report."""
@@ -91,6 +103,9 @@ def run() -> None:
         print("error: interrupted (Ctrl-C) outside the training loop; what was saved is kept; rerun the command "
               "to resume", file=sys.stderr)
         sys.exit(130)
+    except CnnError as e:  # from outside a job: a sweeper's (a search's study, its settings)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     except Exception as e:  # noqa: BLE001
         message = None if own_report else explain(e)
         if message is None:

@@ -35,7 +35,8 @@ def test_step_decay_and_warmup_are_set_in_epochs():
 
 def one_update(optimizer_spec, lr=0.1):
     """A kernel, a bias and one SGD/Adam step on a zero gradient: what weight decay alone does."""
-    kernel, bias = tf.Variable(np.full((2, 2), 1.0, np.float32)), tf.Variable(np.ones(2, np.float32))
+    kernel = keras.Variable(np.full((2, 2), 1.0, np.float32), name="kernel")  # named as Keras layers name them
+    bias = keras.Variable(np.ones(2, np.float32), name="bias")
     optimizer = create_optimizer(optimizer_spec, lr)
     optimizer.build([kernel, bias])
     optimizer.apply_gradients([(tf.zeros_like(kernel), kernel), (tf.zeros_like(bias), bias)])

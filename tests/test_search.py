@@ -83,9 +83,8 @@ def test_two_workers_share_one_study_then_a_rerun_says_it_is_finished(tmp_path, 
 
 @pytest.mark.slow
 def test_a_pruned_trial_stops_saved_and_is_not_trained_again(tmp_path, tiny_data):
-    # A pruner that prunes every trial after its first epoch; the jobs run in joblib's processes.
-    prune = ["+hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner", "+hydra.sweeper.pruner.lower=2.0",
-             "+hydra.sweeper.pruner.n_warmup_steps=1"]
+    # A pruner that prunes every trial at its second epoch (steps are epochs); the jobs run in joblib's processes.
+    prune = ["hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.lower=2.0", "hydra.sweeper.pruner.n_warmup_steps=2"]
     settings = search(tiny_data, "hydra.sweeper.n_trials=2", "epochs=3", "hydra/launcher=joblib",
                       "hydra.launcher.n_jobs=1", *prune)
     proc = train(tmp_path, *settings, "hydra.sweep.dir=first")

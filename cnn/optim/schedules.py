@@ -48,7 +48,8 @@ def step(lr: float, s: ScheduleConfig, steps_per_epoch: int):
     """lr, multiplied by gamma at each milestone (epochs), e.g. He et al.'s /10 at 32k and 48k steps."""
     if not s.milestones:
         raise ConfigError("schedule.name=step needs schedule.milestones=[epoch, ...]")
-    boundaries = [round(m * steps_per_epoch) for m in s.milestones]
+    # Keras changes the rate after a boundary step: the first step of epoch m + 1 (index m * spe) has the new one.
+    boundaries = [round(m * steps_per_epoch) - 1 for m in s.milestones]
     return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, [lr * s.gamma**i for i in
                                                                           range(len(boundaries) + 1)])
 

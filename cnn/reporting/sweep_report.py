@@ -40,6 +40,8 @@ def _number(text: str):
 def collect(sweep_dir: Path) -> list[dict]:
     """One dict per job directory: 'job', its overrides ({key: value}), metrics, and its curve rows."""
     jobs = []
+    if not sweep_dir.is_dir():
+        return jobs
     for job_dir in sorted((p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").exists()),
                           key=lambda p: (len(p.name), p.name)):
         try:

@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 from cnn.checkpointing import resume
 from cnn.checkpointing.directory import keep_best, write_identity
 from cnn.config import Config
+from cnn.errors import CheckpointError
 from cnn.reporting import epoch as epoch_lines
 from cnn.reporting import results as results_lib
 from cnn.reporting import summaries
@@ -148,6 +149,11 @@ class Training:
             self.last_evaluation, self.stopped = end.evaluation, end.stop
             return
         step, spe = c.step, c.steps_per_epoch  # already trained that far: report the checkpoint as it is
+        if step > self.config.epochs * spe:  # not the run asked for: say so rather than report it
+            raise CheckpointError(f"{self.run.directory} is trained to epoch {-(-step // spe)} (step {step}), past "
+                                  f"epochs={self.config.epochs}; its results would not be of {self.config.epochs} "
+                                  f"epoch(s). Pass epochs={-(-step // spe)} to report it, mode=eval to evaluate it, or "
+                                  "resume=never to train anew (the old checkpoints are moved aside)")
         log.info("already trained to epoch %d (step %d)%s; evaluating only", -(-step // spe), step,
                  ", where early stopping stopped it" if c.stopped_early else "")
         if self.statistics is not None:
