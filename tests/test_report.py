@@ -172,3 +172,14 @@ def test_the_hparams_columns_are_the_keys_the_runs_record(tmp_path):
                      for value in event.summary.value if value.tag == "_hparams_/experiment"]
     assert [h.name for h in experiment.hparam_infos] == ["dataset.name", "lr", "model.name", "model.dropout",
                                                          "optimizer.name", "optimizer.momentum"]
+
+
+def test_a_searchs_drawn_values_get_readable_ticks():
+    """Optuna draws values like 0.0012520653814999472: matplotlib's ticks, not one 19-digit label each."""
+    fig = report.objective_figure(jobs_with(["0.0012520653814999472", "0.00031622776601683794",
+                                             "0.006812920690579613", "0.0001983755"]), "lr")
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    assert ax.get_xscale() == "log"
+    labels = [label.get_text() for label in ax.get_xticklabels()]
+    assert labels == ["$\\mathdefault{10^{-4}}$", "$\\mathdefault{10^{-3}}$", "$\\mathdefault{10^{-2}}$"]

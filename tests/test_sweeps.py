@@ -1,4 +1,5 @@
-"""Multirun sweeps: rerun after an interruption, failing jobs, the report, launchers and sweepers."""
+"""Multirun sweeps: rerun after an interruption, failing jobs, the report, launchers and sweepers
+(the Optuna search: tests/test_search.py)."""
 
 import contextlib
 import csv
@@ -108,7 +109,7 @@ def test_report_table_and_plots(tmp_path):
     (["hydra/launcher=joblib"], "JoblibLauncher"),
     (["hydra/launcher=slurm"], "SlurmLauncher"),
     (["hydra/launcher=submitit_local"], "LocalLauncher"),
-    (["+search=optuna"], "OptunaSweeper"),
+    (["+search=optuna"], "CnnOptunaSweeper"),
 ])
 def test_launcher_and_sweeper_configs_compose(overrides, target):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
@@ -126,83 +127,3 @@ def test_submitit_local_gives_every_job_a_fresh_process(tmp_path, tiny_data):
     results = job_results(tmp_path / "sweep")
     assert len(results) == 2 and results[0]["pid"] != results[1]["pid"]
     assert {r["status"] for r in results.values()} == {"started"}
-
-
-def study_db(tmp_path) -> Path:
-    return tmp_path / "multirun" / "optuna" / "cnn" / "optuna.db"
-
-
-def study_trials(tmp_path) -> list:
-    """The study's trials, read through Optuna (only once no sweep writes to it)."""
-    import cnn.sweeps.optuna_resume  # noqa: F401  (before optuna: quiets SQLAlchemy's 2.0 warning)
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.load_study(study_name="cnn", storage=f"sqlite:///{study_db(tmp_path)}").get_trials(deepcopy=False)
-
-
-def trials_so_far(tmp_path) -> tuple[int, bool]:
-    """(complete trials, whether a running trial has its parameters), read-only from the SQLite
-    file while a sweep writes it: opening it through Optuna would create its tables, racing the
-    sweep's own creation of them."""
-    import sqlite3
-
-    if not study_db(tmp_path).exists():
-        return 0, False
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{study_db(tmp_path)}?mode=ro", uri=True, timeout=5)) as db:
-            complete = db.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
-            running = db.execute("SELECT COUNT(*) FROM trials t WHERE t.state = 'RUNNING' AND EXISTS "
-                                 "(SELECT 1 FROM trial_params p WHERE p.trial_id = t.trial_id)").fetchone()[0]
-    except sqlite3.OperationalError:  # its tables are not there yet, or it is locked for a write
-        return 0, False
-    return complete, running > 0
-
-
-@pytest.mark.slow
-def test_an_optuna_study_killed_midway_finishes_when_rerun_without_repeating_a_trial(tmp_path, tiny_data):
-    """4 trials in SQLite, SIGKILL once 2 are complete, rerun: exactly 4 complete, none run twice."""
-    import subprocess
-    import sys
-    import time
-
-    from conftest import ROOT
-    from optuna.trial import TrialState
-    from test_cli import env
-
-    search = ["-m", "+search=optuna", "hydra.sweeper.n_trials=4", f"dataset.data_dir={tiny_data}", "epochs=2",
-              "checkpoint.every_n_steps=1"]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *search], cwd=tmp_path, env=env(tmp_path),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    # Kill inside the third trial, once it has its parameters and has had time to save a step.
-    while True:
-        complete, running = trials_so_far(tmp_path)
-        if complete >= 2 and running:
-            break
-        assert proc.poll() is None and time.monotonic() < deadline, "the sweep ended before the kill"
-        time.sleep(0.05)
-    time.sleep(1.5)
-    proc.kill()
-    assert proc.wait() == -9
-    before = study_trials(tmp_path)
-    complete_before = {t.number: t.params for t in before if t.state == TrialState.COMPLETE}
-    assert 2 <= len(complete_before) < 4
-
-    time.sleep(1.1)  # the rerun's sweep directory is named by the second
-    out = train(tmp_path, *search)
-    after = study_trials(tmp_path)
-    complete = [t for t in after if t.state == TrialState.COMPLETE]
-    assert len(complete) == 4
-    assert {t.number: t.params for t in complete if t.number in complete_before} == complete_before
-    params = [tuple(sorted(t.params.items())) for t in complete]
-    assert len(set(params)) == 4  # no completed trial was run again
-    interrupted = [t for t in before if t.state == TrialState.RUNNING]
-    for trial in interrupted:  # failed, and (once it had parameters) retried with them
-        assert [t.state for t in after if t.number == trial.number] == [TrialState.FAIL]
-        assert not trial.params or trial.params in [t.params for t in complete if t.number not in complete_before]
-    (rerun,) = [d for d in (tmp_path / "multirun" / "optuna" / "cnn").glob("*/*") if (d / "report.md").exists()]
-    statuses = [json.loads(p.read_text())["status"] for p in rerun.glob("*/results.json")]
-    assert len(statuses) == 4 - len(complete_before) and "skipped" not in statuses
-    assert f"{len(complete_before)} of 4 trials complete, {len(interrupted)} interrupted" in out.stdout + out.stderr
-    assert "Optuna study `cnn`" in (rerun / "report.md").read_text() and (rerun / "optuna_history.png").exists()

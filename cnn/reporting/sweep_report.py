@@ -106,15 +106,19 @@ def _cell(value) -> str:
 def _swept_axis(ax, texts: list[str]) -> list[float]:
     """Puts a key's swept values (as written in the overrides) on the x axis; returns each one's x.
 
-    Numbers get ticks at exactly the swept values (matplotlib's own ticks run into one another,
-    or miss the values), on a log scale when all are positive and spread over 10x or more.
-    Anything else is a category, in order of first appearance.
+    Numbers go on a numeric axis, log-scaled when all are positive and spread over 10x or more;
+    a grid's values get a tick each, labelled as written (matplotlib's own ticks run into one
+    another, or miss the values); a search's drawn values (0.0012520653814999472) get
+    matplotlib's ticks. Anything else is a category, in order of first appearance.
     """
     numbers = [_number(t) for t in texts]
     if texts and None not in numbers:
-        labels = dict(sorted(zip(numbers, texts)))  # {value: text}: "1e-3" and "0.001" are one tick
-        if min(labels) > 0 and max(labels) / min(labels) > 9.99:  # 0.3 / 0.03 = 9.999999999999998
+        values = sorted(set(numbers))
+        if min(values) > 0 and max(values) / min(values) > 9.99:  # 0.3 / 0.03 = 9.999999999999998
             ax.set_xscale("log")  # before the ticks: setting a scale resets them
+        if max(len(t) for t in texts) > 10:  # a search's draws: one tick each would be a smear of digits
+            return numbers
+        labels = dict(sorted(zip(numbers, texts)))  # {value: text}: "1e-3" and "0.001" are one tick
         ticks, x = list(labels), numbers
     else:
         categories = list(dict.fromkeys(texts))
