@@ -114,11 +114,11 @@ def test_a_killed_search_resumes_its_trial_and_a_study_name_of_other_settings_is
     proc.kill()
     assert proc.wait() == -9
     time.sleep(2.5)  # past the grace period: the trial's worker is gone
-    out = train(tmp_path, *settings, "hydra.sweep.dir=rerun")
+    out = train(tmp_path, *settings, "hydra.sweep.dir=killed")  # the same sweep directory: its job 0 is left over
     trials = study(tmp_path).get_trials()
     assert [t.state for t in trials][:1] == [TrialState.FAIL] and sum(t.state == TrialState.COMPLETE for t in trials) == 2
-    statuses = sorted(json.loads(p.read_text())["status"] for p in (tmp_path / "rerun").glob("*/results.json"))
-    assert statuses == ["resumed", "started"]  # the killed trial's job went on from its checkpoints
+    statuses = {p.parent.name: json.loads(p.read_text())["status"] for p in (tmp_path / "killed").glob("*/results.json")}
+    assert statuses == {"1": "resumed", "2": "started"}  # trial 1 repeats the killed trial 0, from its checkpoints
     assert "left running by a worker that stopped" in out.stdout + out.stderr
 
     other = train(tmp_path, *settings, "batch_size=50", "hydra.sweep.dir=other", check=False)

@@ -181,7 +181,8 @@ class Search:
     def launch(self, study: optuna.Study, batch: list, fixed: list[str], name: str) -> int:
         """Runs the batch's jobs and tells the study their values; returns how many failed."""
         overrides = [[*fixed, *(f"{k}={_value(v)}" for k, v in t.params.items()), f"hydra.sweeper.trial={t.number}",
-                      f"hydra.sweeper.resolved_study={name}"] for t in batch]
+                      f"hydra.sweeper.resolved_study={name}", f"hydra.sweep.subdir={t.number}"]  # a job dir per trial
+                     for t in batch]
         with Heartbeat(study, [t.number for t in batch], float(self.settings["heartbeat_seconds"])):
             returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
         self.job_idx += len(batch)
