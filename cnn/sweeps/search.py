@@ -1,8 +1,8 @@
 """An Optuna search as a Hydra sweep: `python train.py -m +search=optuna [hydra.sweeper.n_trials=N]`.
 
 One study per search. Its name and record come from what the search holds fixed: the run
-identity less the searched keys, plus the search space, the direction, the monitor and the
-data's fingerprint (`<dataset>-<model>-<hash>`, as run names read). A search never
+identity less the searched keys, plus the search space, the direction, the monitor, the
+epochs and early stopping (what each trial's value measures) and the data's fingerprint (`<dataset>-<model>-<hash>`, as run names read). A search never
 continues another's study; `hydra.sweeper.study_name=mine` names it, and is refused in one
 line when the study of that name was made by a search of other settings.
 
@@ -16,6 +16,7 @@ checkpoints. A finished study says so in one line, with its best trial, and exit
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -147,7 +148,9 @@ class Search:
         searched = lambda key: any(key == k or key.startswith(k + ".") for k in space)
         record = {**{k: v for k, v in identity(config).items() if not searched(k)},
                   **{f"search.{k}": describe(d) for k, d in sorted(space.items())},
-                  "direction": direction, "monitor": config.monitor, "data": fingerprint}
+                  "direction": direction, "monitor": config.monitor, "data": fingerprint,
+                  # not a run's identity (a run continues past them), but what each trial's value measures:
+                  "epochs": config.epochs, "early_stopping": dataclasses.asdict(config.early_stopping)}
         digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:8]
         model = "models" if searched("model") else config.model_name
         default = f"{config.dataset.name}-{model}-{digest}"
