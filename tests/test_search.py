@@ -14,7 +14,9 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 from test_cli import env, train
 
-from cnn.sweeps.search import budget_used, claim
+from cnn.config import compose
+from cnn.errors import ConfigError
+from cnn.sweeps.search import budget_used, claim, study_record
 from cnn.sweeps.space import search_space
 from cnn.sweeps.storage import RETRY_OF, open_storage, requeue_stale
 
@@ -29,6 +31,22 @@ def test_the_search_space_in_hydra_syntax():
     assert "batch_size" not in space and fixed == ["epochs=2", "batch_size=16"]  # the command line wins
     assert isinstance(space["dropout"], FloatDistribution) and space["dropout"].step == pytest.approx(0.1)
     assert search_space({"width": "range(8, 33, 8)"}, [])[0]["width"] == IntDistribution(8, 32, step=8)
+
+
+def test_a_study_is_named_after_what_its_search_holds_fixed():
+    space = {"lr": FloatDistribution(1e-4, 1e-2, log=True)}
+    name, record = study_record(compose(), space, "maximize", "2000+500:aaaa")
+    assert name.startswith("mnist-book_cnn-") and "lr" not in record and record["epochs"] == 15
+    assert study_record(compose("lr=0.5"), space, "maximize", "2000+500:aaaa")[0] == name  # lr is searched
+    for other in [study_record(compose(), space, "maximize", "60000+10000:bbbb"),  # other data
+                  study_record(compose("batch_size=64"), space, "maximize", "2000+500:aaaa"),
+                  study_record(compose("epochs=3"), space, "maximize", "2000+500:aaaa"),
+                  study_record(compose(), {"lr": FloatDistribution(1e-3, 1e-1, log=True)}, "maximize", "2000+500:aaaa")]:
+        assert other[0] != name
+    assert study_record(compose(), {"model": CategoricalDistribution(["bn_cnn", "book_cnn"])}, "maximize",
+                        "x")[0].startswith("mnist-models-")
+    with pytest.raises(ConfigError, match="pass hydra.sweeper.direction=minimize"):
+        study_record(compose("monitor=val_loss"), space, "maximize", "x")
 
 
 def test_claims_stay_inside_the_budget_and_stale_trials_come_back(tmp_path):

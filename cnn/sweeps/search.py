@@ -80,6 +80,24 @@ def claim(study: optuna.Study, space: dict, n_trials: int) -> Optional[optuna.Tr
     return trial
 
 
+def study_record(config, space: dict, direction: str, fingerprint: str) -> tuple[str, dict]:
+    """(the default study name, the record) of a search of `space` over `config`: the run identity
+    less the searched keys, the space, direction, monitor, epochs, early stopping and data."""
+    wanted = "minimize" if config.monitor.endswith("loss") else "maximize"
+    if direction != wanted:
+        raise ConfigError(f"hydra.sweeper.direction={direction}, but monitor={config.monitor} is best "
+                          f"{'low' if wanted == 'minimize' else 'high'}: pass hydra.sweeper.direction={wanted}")
+    searched = lambda key: any(key == k or key.startswith(k + ".") for k in space)
+    record = {**{k: v for k, v in identity(config).items() if not searched(k)},
+              **{f"search.{k}": describe(d) for k, d in sorted(space.items())},
+              "direction": direction, "monitor": config.monitor, "data": fingerprint,
+              # not a run's identity (a run continues past them), but what each trial's value measures:
+              "epochs": config.epochs, "early_stopping": dataclasses.asdict(config.early_stopping)}
+    digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:8]
+    model = "models" if searched("model") else config.model_name
+    return f"{config.dataset.name}-{model}-{digest}", record
+
+
 def describe(distribution) -> str:
     return json.dumps(optuna.distributions.distribution_to_json(distribution), sort_keys=True)
 
@@ -126,8 +144,7 @@ class Search:
         return self.summary(study, name, launched)
 
     def study_identity(self, space: dict, fixed: list[str]) -> tuple[str, dict]:
-        """The study's name and record: the fixed settings' run identity less the searched keys,
-        the space, direction, monitor and the data's fingerprint."""
+        """The study's name and record, from the config the fixed overrides compose."""
         from cnn.runtime.console import import_tensorflow  # noqa: PLC0415
 
         import_tensorflow()  # quietly, before cnn.data and cnn.training import it
@@ -138,23 +155,10 @@ class Search:
         with open_dict(cfg):
             del cfg["hydra"]
         config = to_config(cfg)
-        direction = str(self.settings["direction"])
-        wanted = "minimize" if config.monitor.endswith("loss") else "maximize"
-        if direction != wanted:
-            raise ConfigError(f"hydra.sweeper.direction={direction}, but monitor={config.monitor} is best "
-                              f"{'low' if wanted == 'minimize' else 'high'}: pass hydra.sweeper.direction={wanted}")
         build.check_builders(config)
         fingerprint = data_lib.fingerprint(data_lib.load_dataset(config.dataset))
-        searched = lambda key: any(key == k or key.startswith(k + ".") for k in space)
-        record = {**{k: v for k, v in identity(config).items() if not searched(k)},
-                  **{f"search.{k}": describe(d) for k, d in sorted(space.items())},
-                  "direction": direction, "monitor": config.monitor, "data": fingerprint,
-                  # not a run's identity (a run continues past them), but what each trial's value measures:
-                  "epochs": config.epochs, "early_stopping": dataclasses.asdict(config.early_stopping)}
-        digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:8]
-        model = "models" if searched("model") else config.model_name
-        default = f"{config.dataset.name}-{model}-{digest}"
-        return str(self.settings.get("study_name") or default), record
+        name, record = study_record(config, space, str(self.settings["direction"]), fingerprint)
+        return str(self.settings.get("study_name") or name), record
 
     def open_study(self, storage, name: str, record: dict) -> optuna.Study:
         study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True,
