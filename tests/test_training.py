@@ -136,6 +136,9 @@ def test_restart_continues_and_matches_an_uninterrupted_run(tmp_path):
     # The second invocation's run dir holds the whole history, the first epoch included.
     assert rows_without_timing(tmp_path / "b" / "run2" / "metrics.csv") == \
         rows_without_timing(tmp_path / "a" / "run" / "metrics.csv")
+    # Asked for fewer epochs than it has: refused in one line, not reported as a run of 1 epoch.
+    with pytest.raises(CheckpointError, match=r"is trained to epoch 2 \(step 36\), past epochs=1; .* Pass epochs=2"):
+        train.train_and_evaluate(make_config(tmp_path / "b", epochs=1), tmp_path / "b" / "run3")
 
 
 def test_resume_from_a_mid_epoch_checkpoint_is_exact(tmp_path):
