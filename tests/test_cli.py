@@ -1,34 +1,15 @@
 """`python train.py ...` end to end, as a user runs it: run dirs, errors, multirun, SIGKILL."""
 
 import json
-import os
-import random
 import subprocess
 import sys
-import time
 
 import pytest
 import tensorflow as tf
 from conftest import ROOT, SAMPLE
-from test_training import assert_same_checkpoint, rows_without_timing
+from helpers import SAMPLE_RUN, env, sigkill_then_rerun, train
 
 pytestmark = pytest.mark.slow
-SAMPLE_RUN = [f"dataset.data_dir={SAMPLE}", "epochs=3", "batch_size=50"]
-
-
-def env(tmp_path):
-    """A user's environment: no TF_CPP_MIN_LOG_LEVEL or HYDRA_FULL_ERROR of ours."""
-    clean = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "HYDRA_FULL_ERROR")}
-    return {**clean, "KERAS_HOME": str(tmp_path / "keras-home")}
-
-
-def train(tmp_path, *overrides, check=True):
-    """Runs train.py in `tmp_path` (so checkpoints/ lands there); returns the CompletedProcess."""
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], cwd=tmp_path,
-                          env=env(tmp_path), capture_output=True, text=True, timeout=600)
-    if check:
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
 
 
 def test_a_run_writes_its_run_directory(tmp_path, tiny_data):
@@ -151,40 +132,6 @@ def test_sigkill_at_a_random_step_then_rerun_is_bitwise_exact(tmp_path, settings
     straight = sigkill_then_rerun(tmp_path, [*SAMPLE_RUN, *settings, "checkpoint.every_n_steps=5", "checkpoint.keep=2"])
     if "early_stopping.patience=1" in settings:
         assert straight["stopped_early"] and straight["epochs"] < 12
-
-
-def sigkill_then_rerun(tmp_path, common) -> dict:
-    """Trains `common` straight through, and again with a SIGKILL at a random step (after
-    a checkpoint of at least step 5) and a rerun; asserts the two end bitwise equal, in
-    every variable, metrics.csv row and result. Returns the straight run's results."""
-    train(tmp_path, *common, "checkpoint.dir=straight", "hydra.run.dir=r0")
-    straight = json.loads((tmp_path / "r0" / "results.json").read_text())
-    steps = straight["steps"]  # 36 an epoch
-
-    seed = random.randrange(1 << 30)
-    rng = random.Random(seed)
-    kill_after = rng.randrange(5, steps - 10, 5)
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *common, "checkpoint.dir=killed",
-                             "hydra.run.dir=r1"], cwd=tmp_path, env=env(tmp_path),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not any(int(p.name[5:-6]) >= kill_after for p in (tmp_path / "killed").glob("ckpt-*.index")
-                  if p.name[5:-6].isdigit()):
-        assert proc.poll() is None and time.monotonic() < deadline, "training ended before the kill"
-        time.sleep(0.005)
-    time.sleep(rng.uniform(0, 0.2))  # land anywhere: between saves or inside one
-    proc.kill()
-    assert proc.wait() == -9, f"finished before SIGKILL (seed {seed})"
-
-    train(tmp_path, *common, "checkpoint.dir=killed", "hydra.run.dir=r2")
-    resumed = json.loads((tmp_path / "r2" / "results.json").read_text())
-    assert_same_checkpoint(tmp_path / "straight" / f"ckpt-{steps}", tmp_path / "killed" / f"ckpt-{steps}")
-    assert rows_without_timing(tmp_path / "r2" / "metrics.csv") == rows_without_timing(tmp_path / "r0" / "metrics.csv")
-    for key in ("steps", "epochs", "stopped_early", "selected_epoch", "objective", "test_accuracy", "val_loss"):
-        assert resumed[key] == straight[key], key
-    assert_same_checkpoint(straight["best_checkpoint"].replace("straight", str(tmp_path / "straight"), 1),
-                           resumed["best_checkpoint"].replace("killed", str(tmp_path / "killed"), 1))
-    return straight
 
 
 def test_an_ensemble_of_bn_cnn_trains_and_evaluates_from_the_command_line(tmp_path, tiny_data):

@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 from conftest import ROOT, SAMPLE
-from test_cli import env, sigkill_then_rerun
+from helpers import env, sigkill_then_rerun
 
 from cnn.config import compose, run_name
 from cnn.errors import ConfigError
@@ -62,7 +62,7 @@ def user_env(tmp_path, package):
 
 
 def test_a_user_model_trains_resumes_bitwise_evaluates_and_exports(tmp_path, user_package, monkeypatch):
-    monkeypatch.setattr("test_cli.env", lambda path: user_env(path, user_package))
+    monkeypatch.setattr("helpers.env", lambda path: user_env(path, user_package))
     common = [f"dataset.data_dir={SAMPLE}", "epochs=2", "batch_size=50", f"hydra.searchpath=[file://{user_package}/conf]",
               "model=my_resnet", "precise_bn.batches=4", "checkpoint.every_n_steps=5", "checkpoint.keep=2"]
     straight = sigkill_then_rerun(tmp_path, common)

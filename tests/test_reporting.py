@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 import tensorflow as tf
-from test_training import make_config
+from helpers import make_config
 
 from cnn.reporting import epoch, history, summaries
 from cnn.reporting import results as results_lib

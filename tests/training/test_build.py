@@ -4,7 +4,7 @@ import json
 
 import pytest
 import tensorflow as tf
-from test_training import assert_same_checkpoint, make_config
+from helpers import assert_same_checkpoint, make_config
 
 from cnn.training import build, train
 from cnn.errors import CheckpointError

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import SAMPLE
-from test_training import make_config, variables
+from helpers import make_config, variables
 
 from cnn import data
 from cnn.checkpointing import directory as checkpoint

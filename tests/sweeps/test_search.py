@@ -12,7 +12,7 @@ import yaml
 from conftest import ROOT
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
-from test_cli import env, train
+from helpers import env, train
 
 from cnn.config import compose
 from cnn.errors import ConfigError

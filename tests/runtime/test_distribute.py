@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import ROOT
-from test_cli import env, train
-from test_training import assert_same_checkpoint, rows_without_timing
+from helpers import env, train
+from helpers import assert_same_checkpoint, rows_without_timing
 
 pytestmark = pytest.mark.slow
 TIMEOUT = 240  # seconds any one process may take here

@@ -203,7 +203,7 @@ def test_a_folder_trains_and_its_export_predicts_what_the_checkpoint_does(tmp_pa
     """From the command line: a folder of PNG, JPEG, BMP and GIF images of odd sizes, grey and
     colour, with one that does not decode, streamed from its files (cache=none); mode=eval;
     mode=export; and `python -m cnn.tools.predict` on the test images' own files in a fresh process."""
-    from test_cli import env, train  # noqa: PLC0415  (the command-line helpers)
+    from helpers import env, train
 
     from cnn.checkpointing.resume import restore_chosen
     from cnn.training import build
@@ -246,7 +246,7 @@ def test_a_folder_trains_and_its_export_predicts_what_the_checkpoint_does(tmp_pa
 
 @pytest.mark.slow
 def test_sigkill_then_rerun_of_a_streamed_folder_is_bitwise_exact(tmp_path):
-    from test_cli import sigkill_then_rerun  # noqa: PLC0415
+    from helpers import sigkill_then_rerun
 
     root = write_image_folder(tmp_path / "images", per_class=60)
     sigkill_then_rerun(tmp_path, ["dataset=image_folder", f"dataset.data_dir={root}", "dataset.image_size=[28,28]",
@@ -257,7 +257,7 @@ def test_sigkill_then_rerun_of_a_streamed_folder_is_bitwise_exact(tmp_path):
 
 @pytest.mark.slow
 def test_a_bad_folder_on_the_command_line_is_one_line_and_writes_nothing(tmp_path, folder):
-    from test_cli import train  # noqa: PLC0415
+    from helpers import train
 
     (folder / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
     proc = train(tmp_path, "dataset=image_folder", f"dataset.data_dir={folder}",
@@ -270,7 +270,7 @@ def test_a_bad_folder_on_the_command_line_is_one_line_and_writes_nothing(tmp_pat
 
 
 def test_every_cache_trains_to_the_same_weights_and_numbers(folder, tmp_path):
-    from test_training import assert_same_checkpoint, rows_without_timing  # noqa: PLC0415
+    from helpers import assert_same_checkpoint, rows_without_timing
 
     from cnn.training import train as training
 

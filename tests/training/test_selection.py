@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import SAMPLE, write_idx
-from test_training import make_config
+from helpers import make_config
 
 from cnn import data
 from cnn.checkpointing import directory as checkpoint

@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_cli import SAMPLE_RUN, sigkill_then_rerun
+from helpers import SAMPLE_RUN, sigkill_then_rerun
 
 from cnn.config import compose, run_name
 from cnn.config.schema import ScheduleConfig

@@ -1,6 +1,5 @@
 """The training loop: the compiled step, learning, checkpoints and resuming, in-process."""
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -10,46 +9,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import SAMPLE
+from helpers import assert_same_checkpoint, make_config, rows_without_timing, variables
 
 from cnn import data
 from cnn.checkpointing import directory as checkpoint
-from cnn.config import Config, compose, validate
+from cnn.config import compose
 from cnn.errors import CheckpointError, TrainingError
 from cnn.optim import learning_rate
 from cnn.reporting import history
 from cnn.training import build, checkpointer, controller, steps, train
 from cnn.training import evaluate as evaluation
-
-
-def make_config(tmp_path, *overrides: str, data_dir=SAMPLE, **fields) -> Config:
-    """What `python train.py dataset.data_dir=<data_dir> epochs=1 <overrides>` runs, with
-    checkpoints in tmp_path/ckpt; `fields` replace top-level values (a dict: nested ones)."""
-    config = compose(f"dataset.data_dir='{data_dir}'", "epochs=1", "progress=false",
-                     f"checkpoint.dir='{tmp_path / 'ckpt'}'", *overrides)
-    for key, value in fields.items():
-        if isinstance(value, dict):
-            value = dataclasses.replace(getattr(config, key), **value)
-        config = dataclasses.replace(config, **{key: value})
-    validate(config)
-    return config
-
-
-def variables(path) -> dict:
-    """Every value saved in a checkpoint, but the save counter (it counts saves, not steps)."""
-    reader = tf.train.load_checkpoint(str(path))
-    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
-            if not k.startswith(("save_counter", "_CHECKPOINTABLE_OBJECT_GRAPH"))}
-
-
-def assert_same_checkpoint(a, b):
-    va, vb = variables(a), variables(b)
-    assert va.keys() == vb.keys()
-    for key in va:
-        np.testing.assert_array_equal(va[key], vb[key], err_msg=key)
-
-
-def rows_without_timing(path):
-    return [{k: v for k, v in r.items() if k not in history.TIMING_COLUMNS} for r in history.read_rows(path)]
 
 
 @pytest.fixture(scope="module")

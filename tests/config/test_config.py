@@ -5,6 +5,7 @@ import itertools
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.errors import ConfigCompositionException
@@ -16,7 +17,7 @@ from cnn.config import (Config, DatasetConfig, ImageFolderConfig, compose, ident
 from cnn.config.schema import CheckpointConfig, ScheduleConfig
 from cnn.errors import ConfigError
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+CONF = str(ROOT / "conf")
 register_configs()
 
 

@@ -1,7 +1,6 @@
 """Multirun sweeps: rerun after an interruption, failing jobs, the report, launchers and sweepers
 (the Optuna search: tests/test_search.py)."""
 
-import contextlib
 import csv
 import json
 import os
@@ -9,12 +8,13 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from test_cli import train
+from conftest import ROOT
+from helpers import train
 
 from cnn.config import register_configs
 from cnn.reporting.sweep_report import write_report
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+CONF = str(ROOT / "conf")
 register_configs()
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import ROOT
-from test_cli import env, train
+from helpers import env, train
 
 from cnn import data as data_lib
 from cnn.checkpointing.resume import restore_chosen

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import SAMPLE
-from test_training import make_config
+from helpers import make_config
 
 from cnn.reporting import plots
 from cnn.tools import basics, visualize
