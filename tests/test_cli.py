@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import tensorflow as tf
@@ -110,13 +111,14 @@ def test_multirun_2x2_gives_each_job_its_own_checkpoints(tmp_path, tiny_data):
         assert len(found) == 1, (directory, tag)
         return found[0]
 
-    experiment = hparams(tmp_path / "sweep", "_hparams_/experiment").experiment
+    experiment = hparams(tmp_path / "sweep" / "tensorboard", "_hparams_/experiment").experiment
     assert [h.name for h in experiment.hparam_infos] == ["batch_size", "lr"]
     assert [m.name.tag for m in experiment.metric_infos][:3] == ["final/objective", "final/val_accuracy",
                                                                   "final/test_accuracy"]
-    session = hparams(tmp_path / "sweep" / "0" / "tensorboard", "_hparams_/session_start_info").session_start_info
+    events = Path(json.loads((tmp_path / "sweep" / "0" / "results.json").read_text())["tensorboard_dir"])
+    session = hparams(events, "_hparams_/session_start_info").session_start_info
     assert session.hparams["lr"].number_value == 0.01 and session.hparams["batch_size"].number_value == 64
-    final = {value.tag for path in (tmp_path / "sweep" / "0" / "tensorboard").glob("events.out.tfevents.*")
+    final = {value.tag for path in events.glob("events.out.tfevents.*")
              for event in tf.compat.v1.train.summary_iterator(str(path)) for value in event.summary.value}
     assert {"final/objective", "final/val_accuracy", "final/test_accuracy"} <= final
 

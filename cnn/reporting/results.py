@@ -64,10 +64,19 @@ def results(config: Config, rows: list[dict], final: dict, step: int, directory:
         "checkpoint": checkpoint,
         "best_checkpoint": selected["checkpoint"] if validating else None,
         "checkpoint_dir": str(directory),
+        "tensorboard_dir": tensorboard_dir(directory),
         "first_step_seconds": first_step_seconds,  # from `started` to the first steps' end; None: none run
         "rss_mb": rss_mb(),
         "pid": os.getpid(),
     }
+
+
+def tensorboard_dir(directory: Path) -> Optional[str]:
+    """The run's TensorBoard run, absolute (for `tensorboard --logdir`, and the sweep's
+    `--logdir_spec`, from anywhere): the checkpoint directory's tensorboard/, where
+    cnn.reporting.summaries writes it; None while it has none (summaries=false)."""
+    events = directory / "tensorboard"
+    return str(events.absolute()) if events.is_dir() else None
 
 
 def write_results(results_: dict, *directories: Path) -> None:

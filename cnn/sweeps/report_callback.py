@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -25,10 +26,12 @@ HPARAMS_METRICS = (("final/objective", "objective"), ("final/val_accuracy", "val
                    ("final/test_accuracy", "test accuracy"), ("final/selected_epoch", "selected epoch"))
 
 
-def write_hparams_config(sweep_dir: Path, keys: list[str]) -> None:
-    """TensorBoard's HParams experiment for `tensorboard --logdir <sweep dir>`: the swept keys
-    as its columns and the jobs' `final/` metrics (without it the dashboard lists every setting
-    and every scalar). Nothing without TensorBoard."""
+def write_hparams_config(directory: Path, keys: list[str]) -> None:
+    """TensorBoard's HParams experiment, into `directory` (the sweep's tensorboard/, a run of
+    its own beside the jobs' in `tensorboard_command`: the jobs' runs are their checkpoint
+    directories', which are not the sweep's to write): the swept keys as its columns and the
+    jobs' `final/` metrics (without it the dashboard lists every setting and every scalar).
+    Nothing without TensorBoard."""
     import importlib.util
 
     if importlib.util.find_spec("tensorboard") is None:
@@ -46,9 +49,24 @@ def write_hparams_config(sweep_dir: Path, keys: list[str]) -> None:
              if k in known or f"{k}.name" in known or k.split(".", 1)[0] in OPEN_GROUPS]  # as the runs record them
     summary = hp.hparams_config_pb(hparams=[hp.HParam(name) for name in names],
                                    metrics=[hp.Metric(tag, display_name=label) for tag, label in HPARAMS_METRICS])
-    writer = EventFileWriter(str(sweep_dir))
+    for earlier in Path(directory).glob("*tfevents*"):  # a rerun's: TensorBoard would read the first experiment
+        earlier.unlink()
+    writer = EventFileWriter(str(directory))
     writer.add_event(event_pb2.Event(summary=summary, wall_time=time.time()))
     writer.close()
+
+
+def tensorboard_command(sweep_dir: Path, jobs: list[dict]) -> str:
+    """The command that shows the sweep in TensorBoard, one HParams row per job: each job's run
+    (results.json's tensorboard_dir) named after its job number, and the sweep's experiment
+    (`write_hparams_config`). Jobs that were one run (the same checkpoint directory) share it."""
+    numbers: dict[str, list[str]] = {}
+    for job in jobs:
+        if job["results"].get("tensorboard_dir"):
+            numbers.setdefault(job["results"]["tensorboard_dir"], []).append(job["job"])
+    spec = [f"job{'+'.join(names)}:{path}" for path, names in numbers.items()]
+    spec.append(f"hparams:{(sweep_dir / 'tensorboard').absolute()}")
+    return f"tensorboard --logdir_spec {shlex.quote(','.join(spec))}"
 
 
 def study_sections(config) -> list[str]:
@@ -83,7 +101,8 @@ class SweepReport(Callback):
             return
         try:
             jobs = write_report(sweep_dir, sections=study_sections(config))
-            write_hparams_config(sweep_dir, swept_keys(jobs))
+            write_hparams_config(sweep_dir / "tensorboard", swept_keys(jobs))
+            log.info("TensorBoard: %s", tensorboard_command(sweep_dir, jobs))
         except Exception:  # noqa: BLE001  (the sweep's exit status must still tell of failed jobs)
             log.exception("could not write the sweep report")
             jobs = collect(sweep_dir)

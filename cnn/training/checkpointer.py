@@ -44,7 +44,8 @@ def check_finite(state: TrainState, latest_checkpoint: Optional[str]) -> None:
 
 
 class Checkpointer:
-    """`save(step)`: a checkpoint numbered `step` into `directory` (the last `keep` kept)."""
+    """`save(step)`: a checkpoint numbered `step` into `directory` (the last `keep` kept), every
+    save (the epoch's, mid-epoch, a stop's) after flushing the TensorBoard events."""
 
     def __init__(self, state: TrainState, directory: Path, settings: CheckpointConfig):
         self.state = state
@@ -57,5 +58,8 @@ class Checkpointer:
 
     def save(self, step: int) -> None:
         check_finite(self.state, self.latest)
+        # The summaries written so far on disk before the checkpoint is: a run resumed from it
+        # does not write them again (a no-op without a default writer: the other workers).
+        tf.summary.flush()
         self.manager.save(checkpoint_number=step)
         self.cadence.saved()

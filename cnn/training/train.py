@@ -38,9 +38,9 @@ def train_and_evaluate(config: Config, workdir: str | Path, started: Optional[fl
                        actions: Sequence = ()) -> dict:
     """Trains one configured run to `config.epochs`, resuming from its checkpoints.
 
-    Writes metrics.csv, results.json, learning_curves.png and TensorBoard
-    summaries into `workdir` (metrics and results also into the checkpoint
-    directory, which keeps the run's whole history). Returns the results.
+    Writes metrics.csv, results.json and learning_curves.png into `workdir` (metrics and
+    results also into the checkpoint directory, which keeps the run's whole history, as it
+    keeps the TensorBoard summaries, in tensorboard/). Returns the results.
     `started`: a time.time() to measure the wait for the first steps from (default: now).
     Under `distribute=multi_worker` every worker calls it; the chief writes those files, and
     the other workers save their checkpoints into temporary directories, removed at the end.
@@ -61,17 +61,17 @@ def train_and_evaluate(config: Config, workdir: str | Path, started: Optional[fl
         state = build.create_state(config, run.data)
     if not placement.chief:
         return train_as_worker(config, state, run, placement, workdir, started)
-    with resume.claimed(run.directory), summaries.summary_writer(config, workdir, state.step) as summaries_on:
+    with resume.claimed(run.directory):
         status = resume.restore_or_start(config, state, run.directory, run.identity)
         write_identity(run.directory, run.identity, run.directory.name)
-        if summaries_on:
-            summaries.write_hparams(run.identity, run.directory.name)
-        trained = Training(config, state, run, placement, workdir, summaries_on, actions=actions)
-        with placement.peers_watched(state.step):
-            trained.fit(started)
-        results = trained.results(trained.stopped or status)
-        if summaries_on:
-            summaries.write_final_summaries(results, results["steps"])
+        # After the restore: the run's one TensorBoard run, cut back to the restored step.
+        with summaries.summary_writer(config, run.directory, state.step, run.identity) as summaries_on:
+            trained = Training(config, state, run, placement, workdir, summaries_on, actions=actions)
+            with placement.peers_watched(state.step):
+                trained.fit(started)
+            results = trained.results(trained.stopped or status)
+            if summaries_on:
+                summaries.write_final_summaries(results, results["steps"])
     results_lib.write_results(results, workdir, run.directory)
     epoch_lines.log_results(results)
     return results
@@ -122,8 +122,8 @@ class Training:
         self.stopped: Optional[str] = None  # why an action ended the run early (e.g. "pruned")
 
     def actions(self, summaries_on: bool) -> list:
-        """The epoch's duties, in order: statistics, evaluation, selection, metrics.csv, checkpoint,
-        TensorBoard, curves, the log line."""
+        """The epoch's duties, in order: statistics, evaluation, selection, metrics.csv, TensorBoard,
+        checkpoint, curves, the log line."""
         config, chief = self.config, self.placement.chief
         self.log_epoch = actions_lib.LogEpoch(config, self.evaluator.split, self.record)
         optional = lambda action, on: [action] if on else []
@@ -131,8 +131,9 @@ class Training:
                 actions_lib.Evaluate(self.evaluator, self.state, self.rows),
                 *optional(actions_lib.Select(self.state, config), self.evaluator.validating),
                 *optional(self.record, chief),
-                actions_lib.Save(self.checkpointer, self.run.directory if chief else None),
+                # TensorBoard's epoch points flushed before the checkpoint: a kill between them loses none.
                 *optional(actions_lib.Summarize(self.evaluator, self.run.data.class_names), summaries_on),
+                actions_lib.Save(self.checkpointer, self.run.directory if chief else None),
                 *optional(self.curves, chief),
                 self.log_epoch]
 

@@ -87,7 +87,7 @@ def test_a_run_writes_curves_and_tensorboard_summaries(tmp_path):
     training.train_and_evaluate(make_config(tmp_path, epochs=2, summaries=True, summary_every_n_steps=3),
                                 tmp_path / "run")  # 3 divides no epoch end: epoch summaries still come
     png(tmp_path / "run" / "learning_curves.png", 1000, 380)
-    tags = event_tags(tmp_path / "run" / "tensorboard")
+    tags = event_tags(tmp_path / "ckpt" / "tensorboard")  # the checkpoint directory's: the run's one TensorBoard run
     assert {"train/loss", "train/grad_norm", "train/learning_rate", "epoch/loss", "epoch/accuracy",
             "epoch/val_loss", "epoch/val_accuracy", "epoch/lr", "train_inputs",
             "misclassified_validation_images", "final/val_accuracy", "final/test_accuracy"} <= tags, tags
@@ -95,7 +95,7 @@ def test_a_run_writes_curves_and_tensorboard_summaries(tmp_path):
 
 def test_summaries_can_be_turned_off(tmp_path):
     training.train_and_evaluate(make_config(tmp_path, summaries=False), tmp_path / "run")
-    assert not (tmp_path / "run" / "tensorboard").exists()
+    assert not (tmp_path / "ckpt" / "tensorboard").exists() and not (tmp_path / "run" / "tensorboard").exists()
     assert (tmp_path / "run" / "learning_curves.png").exists()
 
 
