@@ -3,7 +3,7 @@
 A lock against a second writer (`DirectoryLock`), a record of the run identity
 that refuses mismatched weights (`run.json`), and restoring the newest usable
 checkpoint, falling back past a corrupt latest one (`restore_latest`). What is
-saved is `cnn.state.TrainState`.
+saved is `cnn.training.state.TrainState`.
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ def explain(error: BaseException) -> Optional[str]:
     if isinstance(error, MissingConfigException) and error.options is not None:
         group = (error.missing_cfg_file or "").rsplit("/", 1)[0]
         name = (error.missing_cfg_file or "").rsplit("/", 1)[-1]
-        options = sorted(o for o in error.options if not o.endswith("_schema"))  # register_configs' types, not options
+        options = sorted(error.options)
         return f"{group}={name}: no such option; available: {', '.join(options)}"
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key:
         return unknown_key_message(key)

@@ -14,7 +14,7 @@ def bn_cnn(input_shape, num_classes, *, dropout: float = 0.4, bn_momentum: float
     """The book's best network: Conv-BatchNorm-ReLU blocks, Dense-BatchNorm-ReLU, dropout.
 
     `bn_momentum`: the moving averages' momentum (Keras' 0.99 by default); the statistics
-    used in evaluation are recomputed before it anyway (cnn/precise_bn.py)."""
+    used in evaluation are recomputed before it anyway (cnn/training/precise_bn.py)."""
     return keras.Sequential([
         keras.Input(input_shape),
         *conv_bn_relu(32, bn_momentum), layers.MaxPool2D(padding="same"),     # (B, 14, 14, 32)

@@ -37,7 +37,7 @@ def results(config: Config, rows: list[dict], final: dict, step: int, directory:
             stopped_early: bool = False) -> dict:
     """results.json of a training invocation.
 
-    `final`: Trainer.final_evaluation's {"selected", "last"}. At the top level are the selected
+    `final`: cnn.training.protocol.final_evaluation's {"selected", "last"}. At the top level are the selected
     checkpoint's metrics (val_* and test_*) and the `objective` a sweep ranks by: the
     selected validation `monitor`, or without a validation set the last test accuracy.
     """

@@ -161,9 +161,3 @@ def write_final_summaries(results_: dict, step: int) -> None:
         for key in FINAL_METRICS:
             if isinstance(results_.get(key), (int, float)):
                 tf.summary.scalar(f"final/{key}", results_[key], step=step)
-
-
-def curves_due(now: float, drawn_at: float, every_n_minutes: float, last_epoch: bool) -> bool:
-    """Whether an epoch end redraws learning_curves.png: after the last epoch, and otherwise
-    once `every_n_minutes` have passed since the last drawing (-inf: never drawn)."""
-    return last_epoch or now - drawn_at >= 60 * every_n_minutes

@@ -3,7 +3,7 @@
     python -m cnn.tools.report multirun/2026-11-22/12-00-00
 
 Writes report.csv, report.md, objective_vs_<key>.png for each swept key and
-learning_curves.png into the sweep directory. cnn/sweep_callback.py calls it
+learning_curves.png into the sweep directory. cnn/sweeps/report_callback.py calls it
 at the end of every multirun. No TensorFlow and no Hydra here: it reads the
 job directories' files only.
 """

@@ -17,13 +17,14 @@ from cnn.training.steps import make_evaluate
 
 def final_evaluation(state: TrainState, evaluator: Evaluator, rows: list, last_evaluation: dict,
                      checkpointer: Checkpointer, directory: Path, steps_per_epoch: int, workers: int,
-                     config=None, data=None) -> dict:
+                     config, data) -> dict:
     """The test set, evaluated once: on the selected (best) checkpoint and on the last one.
 
     Returns {"selected": {...}, "last": {...}}: each the epoch, step, checkpoint and
     metrics. Without a validation set the last epoch is the one reported (the book's
-    protocol), with the test metrics its epoch already measured. `config`, `data`: to build
-    a single-device copy when several workers trained (restoring their state is collective).
+    protocol), with the test metrics its epoch already measured. `config`: the run's (its monitor);
+    `data`: to build a single-device copy when several workers trained (restoring their state is
+    collective).
     """
     last_row = rows[-1] if rows else {}
     step = int(state.step.numpy())

@@ -68,7 +68,7 @@ def train_step(model, optimizer, batch):
 
 def make_train_loop(state, element_spec, summaries: bool = False, strategy=None, stop=None) -> Callable:
     """Compiles `loop(iterator, num_steps)`: `num_steps` training steps of `state` (a
-    cnn.state.TrainState) in one call.
+    cnn.training.state.TrainState) in one call.
 
     A `tf.range` loop inside one `tf.function`, as Orbit does: the host pays one call per
     `steps_per_loop` steps. Each step also updates the epoch metrics and the step counter;
