@@ -98,6 +98,33 @@ def study_record(config, space: dict, direction: str, fingerprint: str) -> tuple
     return f"{config.dataset.name}-{model}-{digest}", record
 
 
+class SeededPerTrial(optuna.samplers.BaseSampler):
+    """The configured sampler, seeded anew for each trial by `seed + trial number`: reproducible
+    for one worker, and workers drawing at the same moment (each trial number is given out once)
+    draw different points, where one shared seed would give them the same ones."""
+
+    def __init__(self, conf):
+        self.conf, self.seed = conf, (conf.get("seed") if conf else None)
+        self.inner = instantiate(conf)
+
+    def before_trial(self, study, trial) -> None:
+        if self.seed is not None:
+            self.inner = instantiate(self.conf, seed=int(self.seed) + trial.number)
+        self.inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self.inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self.inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self.inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self.inner.after_trial(study, trial, state, values)
+
+
 def describe(distribution) -> str:
     return json.dumps(optuna.distributions.distribution_to_json(distribution), sort_keys=True)
 
@@ -173,12 +200,9 @@ class Search:
         return study
 
     def claim_batch(self, study: optuna.Study, space: dict, n_trials: int) -> list:
+        study.sampler = SeededPerTrial(self.settings["sampler"])
         batch = []
         for _ in range(int(self.settings["n_jobs"])):
-            seed = self.settings["sampler"].get("seed") if self.settings.get("sampler") else None
-            # A sampler seeded by the trials so far: reproducible, and a new draw in every worker.
-            study.sampler = instantiate(self.settings["sampler"], **({} if seed is None else
-                                                                     {"seed": int(seed) + len(study.trials)}))
             trial = claim(study, space, n_trials)
             if trial is None:
                 break
