@@ -20,6 +20,7 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from cnn.config import explain, register_configs, to_config  # noqa: E402
+from cnn.runtime import outputs  # noqa: E402
 from cnn.runtime.console import import_tensorflow  # noqa: E402
 from cnn.errors import CnnError  # noqa: E402
 from cnn.reporting.history import write_json  # noqa: E402
@@ -69,15 +70,19 @@ def main(cfg: DictConfig) -> float:
             e.chained(e.signum, None)
         sys.exit(e.exit_code)
     except Exception as e:  # noqa: BLE001  (a multirun goes on; a single run stops)
-        if isinstance(e, CnnError):
-            log.error("%s", e)
-        elif multirun:
-            log.exception("the job failed")
-        else:
-            raise
         if not multirun:
-            sys.exit(1)
-        write_json(Path(workdir) / "results.json", {"status": "failed", "error": f"{type(e).__name__}: {e}"})
+            message = str(e) if isinstance(e, CnnError) else outputs.write_failure(e)
+            if message is not None:
+                outputs.reject(message, hydra_config)  # exits
+            raise
+        if isinstance(e, CnnError):  # the job's record stays: the sweep's report names it
+            log.error("%s", e)
+        else:
+            log.exception("the job failed")
+        try:
+            write_json(Path(workdir) / "results.json", {"status": "failed", "error": f"{type(e).__name__}: {e}"})
+        except CnnError as unwritten:  # a full disk: the sweep's report names the job as unfinished
+            log.error("%s", unwritten)
         return float("nan")
 
 
@@ -94,7 +99,9 @@ def search_actions(hydra_config, config, workdir) -> list:
 
 def run() -> None:
     """`main`, with Hydra's several-line composition errors (`batch_sise=10`, `lr=abc`,
-    `dataset=foo`) turned into one line; HYDRA_FULL_ERROR=1 shows Hydra's own report."""
+    `dataset=foo`) and an output directory it cannot create turned into one line, as a job's
+    own errors are; HYDRA_FULL_ERROR=1 shows Hydra's own report. A rejected multirun leaves
+    no sweep directory."""
     own_report = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing
     try:
@@ -103,14 +110,15 @@ def run() -> None:
         print("error: interrupted (Ctrl-C) outside the training loop; what was saved is kept; rerun the command "
               "to resume", file=sys.stderr)
         sys.exit(130)
-    except CnnError as e:  # from outside a job: a sweeper's (a search's study, its settings)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
     except Exception as e:  # noqa: BLE001
-        message = None if own_report else explain(e)
+        if isinstance(e, CnnError):  # from outside a job: a sweeper's (a search's study, its settings)
+            message = str(e)
+        else:
+            message = None if own_report else explain(e) or outputs.setup_error(e, main.__wrapped__.__code__)
         if message is None:
             raise
         print(f"error: {message}", file=sys.stderr)
+        outputs.remove_rejected_sweep(e, PROCESS_STARTED)
         sys.exit(1)
 
 

@@ -33,13 +33,16 @@ class Registry:
         self.key, self.context = key, context  # context: positional arguments every builder takes first
         self.builders: dict[str, Callable] = {}
         self.ranges: dict[str, dict] = {}
+        self.rules: dict[str, dict] = {}
 
-    def register(self, name: str, ranges: Optional[dict] = None):
-        """Adds a builder under `name`; `ranges`: {option: (low, high)}, low inclusive, high exclusive
-        (None: unbounded), checked by `check`."""
+    def register(self, name: str, ranges: Optional[dict] = None, rules: Optional[dict] = None):
+        """Adds a builder under `name`, its options checked by `check` before anything is built:
+        `ranges`: {option: (low, high)}, low inclusive, high exclusive (None: unbounded);
+        `rules`: {option: function(value) -> None, or what a good value is (e.g. "6n+2")}."""
         def wrap(builder: Callable) -> Callable:
             self.builders[name] = builder
             self.ranges[name] = ranges or {}
+            self.rules[name] = rules or {}
             return builder
         return wrap
 
@@ -77,6 +80,10 @@ class Registry:
             if value is not None and not ((low is None or value >= low) and (high is None or value < high)):
                 bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high})"
                 raise ConfigError(f"{self.key}.{option}={value}: must be in {bounds}")
+        for option, rule in self.rules.get(spec.get("name"), {}).items():
+            wanted = rule(options[option]) if options.get(option) is not None else None
+            if wanted is not None:
+                raise ConfigError(f"{self.key}.{option}={options[option]}: {name} needs {wanted}")
         return options
 
     def build(self, spec: dict, *context, **extra) -> Any:

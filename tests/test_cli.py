@@ -35,8 +35,9 @@ def test_missing_data_is_one_clear_line(tmp_path):
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "Traceback" not in output
-    (line,) = [l for l in output.splitlines() if "ERROR" in l]
+    (line,) = [l for l in output.splitlines() if l.startswith("error: ")]
     assert "train-images-idx3-ubyte" in line and "dataset.data_dir=" in line
+    assert not (tmp_path / "outputs").exists()  # its empty output directory removed
 
 
 @pytest.mark.parametrize("override,message", [
@@ -56,14 +57,47 @@ def test_bad_input_is_one_clear_line(tmp_path, override, message):
     output = (proc.stdout + proc.stderr).strip()
     assert proc.returncode == 1, output
     assert len(output.splitlines()) == 1 and message in output, output
-    assert not (tmp_path / "checkpoints").exists()
+    assert proc.stderr.startswith("error: "), output  # one format, from Hydra's composition or from the run
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "outputs").exists()
+
+
+def test_rejected_runs_leave_no_output_directory_but_keep_one_with_results(tmp_path):
+    """Quick rejections (none imports TensorFlow): output directories that cannot be created, a
+    multirun whose jobs do not compose, and reruns into directories that already hold something."""
+    (tmp_path / "afile").write_text("")
+    # A log that cannot be opened: what a read-only directory is to a user other than root.
+    (tmp_path / "unwritable" / "train.log").mkdir(parents=True)
+    for args, path, key in ((["hydra.run.dir=afile/run"], "afile/run: Not a directory", "hydra.run.dir="),
+                            (["-m", "hydra.sweep.dir=afile/sweep", "lr=0.1"], "afile/sweep", "hydra.sweep.dir="),
+                            (["hydra.run.dir=unwritable"], "unwritable/train.log: Is a directory", "hydra.run.dir=")):
+        proc = train(tmp_path, *args, check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        (line,) = proc.stderr.splitlines()
+        assert line.startswith("error: cannot create or write the output directory: ") and path in line, line
+        assert f"; pass {key}<a directory you can write>" in line and (tmp_path / "afile").is_file(), line
+    proc = train(tmp_path, "-m", "lr=abc,0.1", check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: lr: "), proc.stderr
+    assert not (tmp_path / "multirun").exists()  # the sweep directory Hydra made for it, removed
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "results.json").write_text("{}")  # an earlier run's results
+    (tmp_path / "killed" / ".hydra").mkdir(parents=True)
+    (tmp_path / "killed" / "train.log").write_text("an earlier run's lines\n")
+    for kept in ("done", "killed"):
+        proc = train(tmp_path, "+batch_sise=10", f"hydra.run.dir={kept}", check=False)
+        assert proc.returncode == 1 and proc.stderr.startswith("error: batch_sise: no such key"), proc.stderr
+        log = (tmp_path / kept / "train.log").read_text()
+        assert "[train][ERROR] - batch_sise: no such key" in log  # the line kept with what was there
+    assert (tmp_path / "done" / "results.json").read_text() == "{}"
+    assert (tmp_path / "killed" / "train.log").read_text().startswith("an earlier run's lines\n")
+    assert {p.name for p in tmp_path.iterdir()} <= {"afile", "unwritable", "done", "killed", "keras-home"}
 
 
 def test_a_rejected_resume_leaves_nothing_behind(tmp_path):
     proc = train(tmp_path, f"dataset.data_dir={SAMPLE}", "resume=maybe", check=False)
     assert proc.returncode == 1
-    assert "resume=maybe: no such checkpoint" in proc.stdout + proc.stderr
+    assert proc.stderr.startswith("error: resume=maybe: no such checkpoint"), proc.stdout + proc.stderr
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_help_explains_every_key(tmp_path):

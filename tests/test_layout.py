@@ -88,16 +88,3 @@ def test_the_readme_code_map_names_every_module():
         else:
             assert f"cnn/{path.parent.name}/" in code_map and path.stem in code_map, name
 
-
-def test_the_readmes_run_name_of_its_first_command_is_the_codes():
-    import re
-
-    from conftest import SAMPLE
-
-    from cnn import data
-    from cnn.config import compose, run_name
-
-    readme = (ROOT / "README.md").read_text()
-    (named,) = re.findall(r"the README's first command `checkpoints/([^`]+)`", readme)
-    config = compose(f"dataset.data_dir={SAMPLE}")
-    assert named == run_name(config, data.fingerprint(data.load_dataset(config.dataset)))

@@ -8,6 +8,7 @@ saved is `cnn.training.state.TrainState`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -18,7 +19,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from cnn.errors import CheckpointError
+from cnn.errors import CheckpointError, WriteError
 from cnn.reporting.history import atomic_write
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,9 @@ class DirectoryLock:
     """An exclusive lock on a checkpoint directory, held by one process.
 
     flock is released by the kernel when its owner dies, so a killed run never
-    leaves a stale lock behind; the file records the owner's pid for the message.
-    Where flock does not exist (Windows), the directory is used unlocked, with a warning.
+    leaves a stale lock behind; the file records the owner's pid for the message,
+    and is removed when the lock is released (on an error too). Where flock does
+    not exist (Windows), the directory is used unlocked, with a warning.
     """
 
     def __init__(self, directory: Path):
@@ -76,11 +78,30 @@ class DirectoryLock:
         self._fd: Optional[int] = None
 
     def __enter__(self):
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         if fcntl is None:
             log.warning("no file locking on this system: nothing stops a second process "
                         "from training into %s at the same time", self.path.parent)
-        else:
+        fd = None
+        try:  # a read-only or full file system: one line, and no lock left held
+            fd = self._locked() if fcntl is not None else self._open()
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        except OSError as e:
+            if fd is not None:
+                self._release(fd)
+            raise WriteError.of(self.path, e, "nothing in the directory was changed",
+                                instead="checkpoint.dir=<a writable directory>") from None
+        self._fd = fd
+        return self
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+
+    def _locked(self) -> int:
+        """A descriptor of the lock file, flocked. A file removed (by its owner's release) between
+        our open and our flock is not the lock any more: open the one in its place."""
+        while True:
+            fd = self._open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -88,13 +109,28 @@ class DirectoryLock:
                 os.close(fd)
                 raise CheckpointError(f"{self.path.parent} is in use by another training process "
                                       f"(pid {owner}); wait for it to finish or stop it") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
-        return self
+            try:
+                if os.path.samestat(os.fstat(fd), os.stat(self.path)):
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+
+    def _release(self, fd: int) -> None:
+        """Removes the file while still holding the lock (so no other process locks it meanwhile),
+        then closes it, which releases the flock; without flock (Windows), after closing it."""
+        if fcntl is not None:
+            self._remove()
+        os.close(fd)
+        if fcntl is None:
+            self._remove()
+
+    def _remove(self) -> None:
+        with contextlib.suppress(OSError):  # gone with its directory, or a read-only file system
+            self.path.unlink()
 
     def __exit__(self, *exc):
-        os.close(self._fd)  # closing releases the flock
+        self._release(self._fd)
         self._fd = None
 
 
@@ -202,21 +238,39 @@ def keep_best(directory: Path, step: int) -> Optional[str]:
         if not any(f.suffix == ".index" for f in sources):
             log.warning("the best checkpoint (step %d) is neither in %s nor in %s", step, directory, best)
             return None
-        best.mkdir(exist_ok=True)
-        for source in sources:
-            tmp = best / (source.name + ".tmp")
-            tmp.unlink(missing_ok=True)
-            try:
-                os.link(source, tmp)
-            except OSError:  # a file system without hard links
-                shutil.copyfile(source, tmp)
-            os.replace(tmp, best / source.name)
+        try:
+            best.mkdir(exist_ok=True)
+            for source in sources:
+                _place(source, best / source.name)
+        except OSError as e:  # what was best stays; the new files, without their index, go
+            for placed in best.glob(f"ckpt-{step}.*"):
+                placed.unlink(missing_ok=True)
+            previous = best_checkpoint(directory)
+            kept = (f"the previous best checkpoint, {previous}, is kept" if previous
+                    else "no best checkpoint was kept before")
+            raise WriteError.of(target, e, kept) from None
     for old in best.glob("ckpt-*"):
         if not old.name.startswith(f"ckpt-{step}."):
             old.unlink()
     atomic_write(best / "checkpoint", f'model_checkpoint_path: "{target.name}"\n'
                                       f'all_model_checkpoint_paths: "{target.name}"\n')
     return str(target)
+
+
+def _place(source: Path, target: Path) -> None:
+    """`target` becomes a hard link to (or a copy of) `source`, whole or not at all."""
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def best_checkpoint(directory: Path) -> Optional[str]:

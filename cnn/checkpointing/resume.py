@@ -31,6 +31,8 @@ def finished_results(config: Config, directory: Path, ident: dict) -> Optional[d
     results = history.read_json(directory / "results.json")
     if config.resume == "never" or not results or "test_accuracy" not in results:
         return None
+    if config.resume != "auto":
+        given_checkpoint(config.resume)
     stopped_here = results.get("early_stopping") == dataclasses.asdict(config.early_stopping)
     if results.get("epochs") != config.epochs and not (stopped_here and results["epochs"] <= config.epochs):
         return None
@@ -61,20 +63,28 @@ def claimed(directory: Path) -> Iterator[None]:
         raise
 
 
+def given_checkpoint(resume: str) -> Path:
+    """The checkpoint directory or prefix `resume=<path>` names; CheckpointError (one line)
+    when it names none, whether or not the run has checkpoints of its own."""
+    given = Path(resume).expanduser()
+    if given.is_dir():
+        if not checkpoint_paths(given):
+            raise CheckpointError(f"resume={resume}: no checkpoint in that directory")
+        return given
+    if not Path(str(given) + ".index").exists():
+        raise CheckpointError(f"resume={resume}: no such checkpoint (use auto, never, a checkpoint "
+                              "directory or a prefix like <dir>/ckpt-600)")
+    return given
+
+
 def restore_given(state: TrainState, resume: str, ident: dict) -> str:
     """Restores `resume`: a checkpoint prefix (<dir>/ckpt-600) or a directory (its latest).
     The directory is another run's: it is read, never repaired, and must match this run's
     identity but for batch-norm statistics settings (it is read for its weights)."""
-    given, ident = Path(resume).expanduser(), weights_identity(ident)
+    given, ident = given_checkpoint(resume), weights_identity(ident)
     if given.is_dir():
         check_identity(given, ident)
-        path = restore_latest(state.checkpoint, given, repair=False)
-        if path is None:
-            raise CheckpointError(f"resume={resume}: no checkpoint in that directory")
-        return path
-    if not Path(str(given) + ".index").exists():
-        raise CheckpointError(f"resume={resume}: no such checkpoint (use auto, never, a checkpoint "
-                              "directory or a prefix like <dir>/ckpt-600)")
+        return restore_latest(state.checkpoint, given, repair=False)  # it has one: given_checkpoint
     check_identity(given.parent, ident)
     try:
         restore(state.checkpoint, str(given))
@@ -88,7 +98,8 @@ def restore_or_start(config: Config, state: TrainState, directory: Path, ident: 
     """Applies `resume`: the run's own latest checkpoint, else a given path, else scratch.
 
     `resume=<path>` seeds a run whose own directory is still empty; once the run has
-    saved, rerunning the command continues from its own checkpoints.
+    saved, rerunning the command continues from its own checkpoints (the path must still
+    name a checkpoint: a mistyped one is refused, not ignored).
     `owner`: this process writes the directory (False: a multi-worker run's other workers,
     which read the chief's checkpoints and change nothing there).
     Returns how the run begins, "resumed" or "started"; logs which checkpoint, if any.
@@ -98,6 +109,8 @@ def restore_or_start(config: Config, state: TrainState, directory: Path, ident: 
             log.info("resume=never: moved what was in %s to %s", directory, move_aside_contents(directory))
         log.info("starting from scratch")
         return "started"
+    if config.resume != "auto":
+        given_checkpoint(config.resume)
     if directory.is_dir():
         check_identity(directory, ident)
     path = restore_latest(state.checkpoint, directory, repair=owner) if directory.is_dir() else None

@@ -168,6 +168,29 @@ def _checks(config: Config) -> list[tuple[bool, str]]:
          "early_stopping.patience needs a validation set: set dataset.validation_split > 0 "
          "(stopping on the test set would select on it)"),
         *_checkpoint_checks(config),
+        *_regularizer_checks(config),
+    ]
+
+
+def _in_range(pair, low, high) -> bool:
+    return len(pair) == 2 and low <= pair[0] <= pair[1] <= high
+
+
+def _regularizer_checks(config: Config) -> list[tuple[bool, str]]:
+    e, mix, cut, ema = config.erasing, config.mixup, config.cutmix, config.ema.decay
+    return [
+        (config.dataset.pad >= 0, f"dataset.pad={config.dataset.pad}: must be >= 0 (0: no crops)"),
+        (0 <= config.label_smoothing < 1, f"label_smoothing={config.label_smoothing}: must be in [0, 1)"),
+        (0 <= e.probability <= 1, f"erasing.probability={e.probability}: must be in [0, 1] (0: off)"),
+        (_in_range(e.area, 1e-6, 1), f"erasing.area={list(e.area)}: must be [low, high] with 0 < low <= high <= 1"),
+        (_in_range(e.aspect, 1e-6, 1e6), f"erasing.aspect={list(e.aspect)}: must be [low, high] with 0 < low <= high"),
+        (config.cutout >= 0, f"cutout={config.cutout}: must be >= 0 (0: off)"),
+        *[(m.alpha >= 0 and 0 <= m.probability <= 1,
+           f"{key}.alpha={m.alpha}, {key}.probability={m.probability}: alpha >= 0 (0: off), probability in [0, 1]")
+          for key, m in (("mixup", mix), ("cutmix", cut))],
+        (not (mix.alpha and cut.alpha), f"mixup.alpha={mix.alpha} and cutmix.alpha={cut.alpha}: choose one of them "
+                                        "(set the other's alpha to 0)"),
+        (ema is None or 0 < ema < 1, f"ema.decay={ema}: must be in (0, 1), e.g. 0.999, or null (off)"),
     ]
 
 

@@ -44,7 +44,11 @@ STATISTICS_ONLY = ("model.bn_momentum", "precise_bn.batches")
 SCHEDULE_KEYS = {"constant": (), "exponential": ("decay_steps", "decay_rate", "staircase"),
                  "cosine": ("decay_steps", "alpha"), "step": ("milestones", "gamma")}
 # Values every run had before the key existed: such a key stays out of the identity.
-LEGACY = {"optimizer.name": "adam", "schedule.warmup_epochs": 0.0}
+LEGACY = {"optimizer.name": "adam", "schedule.warmup_epochs": 0.0, "dataset.pad": 0, "label_smoothing": 0.0,
+          "erasing.probability": 0.0, "cutout": 0, "mixup.alpha": 0.0, "cutmix.alpha": 0.0}
+# Keys read only when another is on: {key: (the key that turns it on, its value when off)}.
+READ_WITH = {"erasing.area": ("erasing.probability", 0.0), "erasing.aspect": ("erasing.probability", 0.0),
+             "mixup.probability": ("mixup.alpha", 0.0), "cutmix.probability": ("cutmix.alpha", 0.0)}
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -59,12 +63,17 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _matters(key: str, value, config: Config) -> bool:
+def _matters(key: str, value, config: Config, flat: dict) -> bool:
     """Whether `key` can change what the run computes."""
     if any(key == n or key.startswith(n + ".") for n in NOT_IDENTITY) or LEGACY.get(key, ...) == value:
         return False
-    if key in ("dataset.max_rotation", "dataset.max_shift", "dataset.flip"):
+    if key in ("dataset.max_rotation", "dataset.max_shift"):
         return config.dataset.augment
+    if key == "dataset.flip":
+        return config.dataset.augment or config.dataset.pad > 0
+    if key in READ_WITH:
+        switch, off = READ_WITH[key]
+        return flat.get(switch) != off
     if key.startswith("schedule.") and key not in ("schedule.name", "schedule.warmup_epochs"):
         return key.split(".", 1)[1] in SCHEDULE_KEYS.get(config.schedule.name, ())
     if key == "monitor":  # what selects the best checkpoint, when there is a validation set
@@ -79,7 +88,7 @@ def identity(config: Config) -> dict:
     without `augment`, another schedule's parameters) are left out.
     """
     flat = flatten(dataclasses.asdict(config))
-    return {k: v for k, v in sorted(flat.items()) if v is not None and _matters(k, v, config)}
+    return {k: v for k, v in sorted(flat.items()) if v is not None and _matters(k, v, config, flat)}
 
 
 def weights_identity(ident: dict) -> dict:

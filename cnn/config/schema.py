@@ -19,7 +19,8 @@ class DatasetConfig:
     augment: bool  # random rotation and shift (and flip) of the training images, on the fly
     max_rotation: float  # with augment: degrees, either way
     max_shift: float  # with augment: pixels, each axis, either way
-    flip: bool  # with augment: mirror half the images left to right
+    flip: bool  # with augment or pad: mirror half the images left to right
+    pad: int  # random crops after zero padding by this many pixels (He et al.); 0: none
     validation_split: float  # fraction of the training set held out (stratified, seed-free); 0: none
 
 
@@ -45,6 +46,24 @@ class ScheduleConfig:
     milestones: List[float]  # step: the epochs at which the rate is multiplied by gamma
     gamma: float  # step
     warmup_epochs: float  # any schedule: a linear warmup from 0 over this many epochs first; 0: none
+
+
+@dataclass
+class ErasingConfig:
+    probability: float  # random erasing (Zhong et al.) of each training image; 0: off
+    area: List[float]  # [low, high]: the rectangle's share of the image
+    aspect: List[float]  # [low, high]: its height / width, drawn log-uniformly
+
+
+@dataclass
+class MixConfig:
+    alpha: float  # mixup, cutmix: lambda ~ Beta(alpha, alpha) per batch; 0: off
+    probability: float  # the share of batches mixed
+
+
+@dataclass
+class EMAConfig:
+    decay: Optional[float]  # a moving average of the weights, evaluated instead of them; null: off
 
 
 @dataclass
@@ -94,6 +113,12 @@ class Config:
     summary_every_n_steps: int  # training scalars every N steps (epoch ones every epoch)
     plot_every_n_minutes: float  # learning_curves.png redrawn at most this often, and at the end
     precise_bn: PreciseBNConfig
+    label_smoothing: float  # training targets (1 - eps) one-hot + eps / classes; 0: off
+    erasing: ErasingConfig
+    cutout: int  # a square of this many pixels zeroed in each training image (DeVries and Taylor); 0: off
+    mixup: MixConfig
+    cutmix: MixConfig
+    ema: EMAConfig
     monitor: str  # val_accuracy | val_loss: selects the best checkpoint (and drives early stopping)
     early_stopping: EarlyStoppingConfig
     checkpoint: CheckpointConfig

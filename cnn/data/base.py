@@ -21,6 +21,7 @@ import numpy as np
 
 from cnn.config.schema import DatasetConfig
 from cnn.errors import DataError
+from cnn.text import plural
 
 EVAL_BATCH_SIZE = 1000
 VALIDATION_SEED = 20_000_000  # the split is a function of the data and the fraction only, never of `seed`
@@ -35,6 +36,7 @@ class Data:
     x_val, y_val: the validation set held out of the training set by `split_validation`
     (None before, or with a split of 0).
     fingerprint: what identifies the data, when not its content (an image folder's files).
+    test_names: the test images' names, when they are files (relative to the folder), for plots.
     """
 
     name: str
@@ -46,6 +48,7 @@ class Data:
     x_val: Optional[np.ndarray] = None
     y_val: Optional[np.ndarray] = None
     fingerprint: Optional[str] = None
+    test_names: Optional[tuple] = None
 
     @property
     def image_shape(self) -> tuple:
@@ -87,7 +90,7 @@ def find_or_download(name: str, data_dir: Optional[str], download: bool, candida
                      default_dir: Path, fetch: Callable[[], Data], source: str) -> Data:
     """The first local candidate that exists, in `data_dir` if given, else in `default_dir`
     (the Keras cache); else, if allowed, `fetch()`. Raises DataError with the places looked at
-    and the `dataset.data_dir=...` fix."""
+    (a candidate describes itself by the files it lacks) and the fix."""
     directory = Path(data_dir).expanduser() if data_dir is not None else None
     if directory is not None and not directory.is_dir():
         raise DataError(f"dataset.data_dir={data_dir}: no such directory")
@@ -96,9 +99,10 @@ def find_or_download(name: str, data_dir: Optional[str], download: bool, candida
         if loader is not None:
             return check(loader(), description)
         looked.append(description)
+    if directory is not None:  # the user's own directory: they need the files there, not a new flag
+        raise DataError(f"{name}: no data in {directory}; looked for {' or '.join(looked)}. Fix: put the "
+                        f"missing files in {directory}, or set dataset.data_dir=<the directory that has them>")
     hint = "put the files in a directory and pass dataset.data_dir=/path/to/it"
-    if directory is not None:
-        raise DataError(f"{name}: no data in {directory}; looked for {' or '.join(looked)}. Fix: {hint}")
     if not download:
         raise DataError(f"{name}: no data found, looked for {' or '.join(looked)}, "
                         f"and dataset.download=false. Fix: {hint}")
@@ -110,6 +114,12 @@ def find_or_download(name: str, data_dir: Optional[str], download: bool, candida
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"{name}: no data found (looked for {' or '.join(looked)}) and the download from "
                         f"{source} failed ({reason}). Fix: {hint}") from None
+
+
+def files_in(directory: Path, names) -> str:
+    """`directory/name`, or `directory/{a,b}` for several names: files looked for, in one line."""
+    names = list(names)
+    return f"{directory}/{names[0]}" if len(names) == 1 else f"{directory}/{{{','.join(names)}}}"
 
 
 def check(data: Data, where: str) -> Data:
@@ -163,8 +173,8 @@ def split_validation(data: Data, fraction: float) -> Data:
     if fraction == 0:
         return data
     val = stratified_holdout(data.y_train, data.num_classes, fraction, VALIDATION_SEED, lambda label, n: (
-        f"dataset.validation_split={fraction}: class {label} ('{data.class_names[label]}') has {n} training "
-        "image(s), too few for one to validate and one to train on. Add images of it, or pass "
+        f"dataset.validation_split={fraction}: class {label} ('{data.class_names[label]}') has {plural(n, 'training image')}, "
+        "too few for one to validate and one to train on. Add images of it, or pass "
         "dataset.validation_split=0"))
     train = np.setdiff1d(np.arange(len(data.y_train)), val, assume_unique=True)
     return dataclasses.replace(data, x_train=data.x_train[train], y_train=data.y_train[train],
@@ -177,4 +187,5 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
 
 def load(name: str, data_dir: Optional[str] = None, download: bool = True) -> Data:
     """Loads built-in dataset `name` (no augmentation, no split): for notebooks and tools."""
-    return load_dataset(DatasetConfig(name, data_dir, download, False, 0.0, 0.0, False, 0.0))
+    return load_dataset(DatasetConfig(name=name, data_dir=data_dir, download=download, augment=False, max_rotation=0.0,
+                                      max_shift=0.0, flip=False, pad=0, validation_split=0.0))

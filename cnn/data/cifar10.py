@@ -10,7 +10,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from cnn.data.base import Data, find_or_download, keras_cache, register_dataset
+from cnn.data.base import Data, files_in, find_or_download, keras_cache, register_dataset
 from cnn.errors import DataError
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
@@ -22,11 +22,35 @@ CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_SHA256 = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
 
 
+# What the official batches are: Python 2 pickles of a dict of str (bytes, read with
+# encoding="bytes"), lists of ints and str, and one uint8 numpy array, rebuilt by these
+# globals. A pickle calls the globals it names: any other (os.system, what a crafted
+# __reduce__ names) is refused before it is looked up, let alone called.
+BATCH_GLOBALS = frozenset({("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                           ("numpy", "ndarray"), ("numpy", "dtype")})
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    """A pickle names a global that a CIFAR-10 batch does not hold."""
+
+
+class BatchUnpickler(pickle.Unpickler):
+    """Unpickles what a CIFAR-10 python batch holds and nothing else (see BATCH_GLOBALS)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in BATCH_GLOBALS:
+            raise _RefusedGlobal(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
 def _cifar_batch(f, where: str) -> tuple[np.ndarray, np.ndarray]:
     """Parses one pickled CIFAR-10 batch into (N, 32, 32, 3) uint8 images and labels."""
     try:
-        batch = pickle.load(f, encoding="bytes")  # the official format is a pickled dict
+        batch = BatchUnpickler(f, encoding="bytes").load()  # the official format is a pickled dict
         data, labels = np.asarray(batch[b"data"], np.uint8), np.asarray(batch[b"labels"], np.int32)
+    except _RefusedGlobal as e:
+        raise DataError(f"{where}: not a CIFAR-10 python batch: it names {e}, which a batch never holds (refused; "
+                        "nothing in the file was run); delete it and fetch the official batches again") from None
     except Exception as e:  # unpickling garbage raises almost anything
         raise DataError(f"{where}: not a CIFAR-10 python batch ({type(e).__name__}: {e}); "
                         "delete it and fetch it again") from None
@@ -39,12 +63,12 @@ def _cifar_batch(f, where: str) -> tuple[np.ndarray, np.ndarray]:
 def load_cifar10(path: Path) -> Data:
     """Loads CIFAR-10 from `cifar-10-batches-py/` or the `cifar-10-python.tar.gz` tarball."""
     if path.is_dir():
+        missing = [n for n in CIFAR10_BATCHES if not (path / n).exists()]
+        if missing:
+            raise DataError(f"{path}: lacks {', '.join(missing)}; put the official batches there")
         def read(name):
-            member = path / name
-            if not member.exists():
-                raise DataError(f"{member}: missing; {path} must hold {', '.join(CIFAR10_BATCHES)}")
-            with open(member, "rb") as f:
-                return _cifar_batch(f, str(member))
+            with open(path / name, "rb") as f:
+                return _cifar_batch(f, str(path / name))
         batches = [read(n) for n in CIFAR10_BATCHES]
     else:
         try:
@@ -63,9 +87,17 @@ def load_cifar10(path: Path) -> Data:
 
 
 def cifar_candidates(directory: Path):
-    for path in (directory, directory / CIFAR10_DIR, directory / CIFAR10_TAR):
-        found = (path / "data_batch_1").exists() if path.suffix != ".gz" else path.exists()
-        yield str(path), (lambda p=path: load_cifar10(p)) if found else None
+    """Where CIFAR-10 may be in one directory: [(description, loader or None)]; a directory with
+    some of the batches is described by the ones it lacks."""
+    for path in (directory, directory / CIFAR10_DIR):
+        missing = [n for n in CIFAR10_BATCHES if not (path / n).exists()]
+        if not missing:
+            yield str(path), lambda p=path: load_cifar10(p)
+        else:
+            some = len(missing) < len(CIFAR10_BATCHES)
+            yield files_in(path, missing) + (" (the other batches are there)" if some else ""), None
+    tarball = directory / CIFAR10_TAR
+    yield str(tarball), (lambda: load_cifar10(tarball)) if tarball.exists() else None
 
 
 def _download() -> Data:

@@ -52,7 +52,8 @@ import tensorflow as tf
 
 from cnn.data.base import Data, keras_cache, register_dataset, stratified_holdout
 from cnn.data.image_store import ImageFiles, PixelFile
-from cnn.errors import DataError
+from cnn.errors import DataError, WriteError
+from cnn.text import plural
 
 log = logging.getLogger("cnn.image_folder")  # the name its lines have always carried
 
@@ -87,7 +88,7 @@ def _scan(directory: Path, class_names: Optional[list[str]] = None) -> tuple[lis
         raise DataError(f"{directory}: class folders {names} differ from the training set's {class_names}; "
                         "both splits need the same class folders")
     if len(folders) < 2:
-        raise DataError(f"{directory}: {len(folders)} class folder(s) ({', '.join(names) or 'none'}); a classifier "
+        raise DataError(f"{directory}: {plural(len(folders), 'class folder')} ({', '.join(names) or 'none'}); a classifier "
                         "needs two or more, one folder of images per class (DIR/<class>/<image>)")
     paths, labels = [], []
     for label, folder in enumerate(folders):
@@ -167,8 +168,8 @@ def _bad_files_message(root: Path, files: ImageFiles, bad: list[int], skip: bool
     first = Path(files.paths[bad[0]])
     if not skip:
         raise DataError(f"{first}: not a decodable image ({_reason(first, files)}); remove it, or pass "
-                        f"dataset.skip_bad_files=true to train without it ({len(bad)} such file(s) in {root})")
-    log.warning("dataset.skip_bad_files=true: skipped %d file(s) that do not decode, e.g. %s", len(bad), first)
+                        f"dataset.skip_bad_files=true to train without it ({plural(len(bad), 'such file')} in {root})")
+    log.warning("dataset.skip_bad_files=true: skipped %s (not decodable), e.g. %s", plural(len(bad), "file"), first)
 
 
 def _prepare(files: ImageFiles, cache: str, cache_dir: Path, key: str):
@@ -206,19 +207,19 @@ def _read_index(directory: Path, count: int, cache: str, shape: tuple) -> Option
 
 
 STALE_SECONDS = 24 * 3600  # a staging folder this old was left by a process that died building it
+CACHE_INSTEAD = "dataset.cache_dir=<a directory with room> or dataset.cache=memory"
 
 
 def _build_cache(files: ImageFiles, cache: str, cache_dir: Path, key: str) -> Path:
     """Checks every file (and with cache=disk writes its pixels) into a staging folder renamed
     to cache_dir/key: processes building the same cache at once, on one machine or several
-    sharing cache_dir, leave one whole copy; a full disk is a DataError, not half a cache."""
+    sharing cache_dir, leave one whole copy; a full disk is a WriteError, not half a cache."""
     target = cache_dir / key
     staging = cache_dir / f".{key}.{socket.gethostname()}.{uuid.uuid4().hex}"
     try:
         staging.mkdir(parents=True)
     except OSError as e:
-        raise DataError(f"dataset.cache_dir={cache_dir}: cannot write there ({e.strerror}); pass another "
-                        "dataset.cache_dir or dataset.cache=memory") from None
+        raise WriteError.of(cache_dir, e, "nothing was written", instead=CACHE_INSTEAD) from None
     for old in cache_dir.glob(".*.*"):  # left by processes that died building a cache
         with contextlib.suppress(OSError):
             if old != staging and time.time() - old.stat().st_mtime > STALE_SECONDS:
@@ -242,9 +243,9 @@ def _build_cache(files: ImageFiles, cache: str, cache_dir: Path, key: str) -> Pa
             shutil.rmtree(target, ignore_errors=True)  # an older, damaged or checked-only cache: replaced
         with contextlib.suppress(OSError):  # another process finished first: its copy is the same
             staging.rename(target)
-    except OSError as e:
-        raise DataError(f"dataset.cache_dir={cache_dir}: cannot write the cache ({e.strerror}); free space, pass "
-                        "another dataset.cache_dir, or use dataset.cache=memory") from None
+    except OSError as e:  # the staging folder goes (below); a cache already in place stays
+        kept = "the cache already there is kept" if target.exists() else "no partial cache is left"
+        raise WriteError.of(target, e, kept, instead=CACHE_INSTEAD) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if _read_index(target, len(files), cache, files.shape) is None:
@@ -294,7 +295,7 @@ def load(dataset):
         names = class_names
         held = stratified_holdout(labels[train], len(class_names), dataset.test_split, TEST_SPLIT_SEED,
                                   lambda label, n: f"dataset.test_split={dataset.test_split}: class '{names[label]}' "
-                                  f"has {n} image(s), too few for one to test and one to train on; add images")
+                                  f"has {plural(n, 'image')}, too few for one to test and one to train on; add images")
         test, train = train[held], np.delete(train, held)
     for split, chosen, where in (("training", train, root / "train" if has_splits else root),
                                  ("test", test, root / "test" if has_splits else root)):
@@ -303,7 +304,8 @@ def load(dataset):
             raise DataError(f"{where}: class '{class_names[missing[0]]}' has no {split} image that decodes; "
                             "add some or remove the folder")
     data = Data("image_folder", images[train], labels[train], images[test], labels[test], tuple(class_names),
-                fingerprint=f"{len(train)}+{len(test)}:{key[:12]}")
+                fingerprint=f"{len(train)}+{len(test)}:{key[:12]}",
+                test_names=tuple(str(all_paths[i].relative_to(root)) for i in test))
     log.info("dataset %s: %d classes (%s), %d training and %d test images, %dx%dx%d, cache=%s", root,
              len(class_names), ", ".join(class_names[:10]) + (", ..." if len(class_names) > 10 else ""),
              len(train), len(test), height, width, channels, dataset.cache)

@@ -1,6 +1,7 @@
 """Images kept out of memory, and decoding an image file as training reads it.
 
-`decode` is shared by image folders and `cnn.tools.predict`; `StoredImages` stand in for a
+`decode` is shared by image folders and `cnn.tools.predict` (eagerly, a file that does not
+decode raises `UndecodableImage`, saying why in words); `StoredImages` stand in for a
 uint8 (N, H, W, C) array in the pipelines (cnn/data/pipeline.py): `ImageFiles` decode the
 original files each time (dataset.cache=none), `PixelFile` reads decoded pixels from one
 memory-mapped file (dataset.cache=disk).
@@ -9,16 +10,52 @@ memory-mapped file (dataset.cache=disk).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 
 
+# The formats read, by the bytes their files begin with (as tf.io.decode_image tells them apart).
+IMAGE_FORMATS = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"))
+
+
+class UndecodableImage(tf.errors.InvalidArgumentError):
+    """Image bytes that do not decode, with why in plain words as the message. An
+    InvalidArgumentError still, like TensorFlow's own decode error, so what catches that catches it."""
+
+    def __init__(self, message: str):
+        super().__init__(None, None, message)
+
+
+def decode_problem(contents: bytes, error: Exception) -> str:
+    """Why `contents` did not decode (TensorFlow's `error`), in words: not an image of the
+    formats read, or one of them that is damaged (TensorFlow's reason, without its op names)."""
+    kind = next((name for magic, name in IMAGE_FORMATS if contents.startswith(magic)), None)
+    if kind is None:
+        return "an empty file" if not contents else "not a PNG, JPEG, BMP or GIF image"
+    reason = getattr(error, "message", str(error)).strip().splitlines()[0]
+    reason = re.sub(r"\s*\[Op:.*$", "", re.sub(r"^\{\{.*?\}\}\s*", "", reason))  # op and device names
+    return f"damaged {kind} data: {reason[:160]}"
+
+
+def decode_native(contents):
+    """Encoded image bytes -> the image as stored, uint8 (H, W, 1|2|3|4) (a GIF: its first frame).
+    Eagerly, bytes that do not decode raise UndecodableImage."""
+    if not tf.executing_eagerly():  # in a tf.data map: an op error, for ignore_errors to drop
+        return tf.io.decode_image(contents, expand_animations=False)
+    try:
+        return tf.io.decode_image(contents, expand_animations=False)
+    except tf.errors.InvalidArgumentError as e:
+        raw = contents.numpy() if tf.is_tensor(contents) else bytes(contents)
+        raise UndecodableImage(decode_problem(raw, e)) from None
+
+
 def decode(contents, height: int, width: int, channels: int):
     """Encoded image bytes -> uint8 (height, width, channels), as the module docstring says.
-    Works in a tf.data map (graph mode) and eagerly."""
-    image = tf.io.decode_image(contents, expand_animations=False)  # native channels: 1, 2, 3 or 4
+    Works in a tf.data map (graph mode) and eagerly (where bad bytes raise UndecodableImage)."""
+    image = decode_native(contents)  # native channels: 1, 2, 3 or 4
     color = tf.shape(image)[-1] >= 3
     image = tf.cast(image, tf.float32)
     if channels == 1:

@@ -10,7 +10,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from cnn.data.base import Data, find_or_download, keras_cache, register_dataset
+from cnn.data.base import Data, files_in, find_or_download, keras_cache, register_dataset
 from cnn.errors import DataError
 
 MNIST_CLASSES = tuple(str(i) for i in range(10))
@@ -102,10 +102,14 @@ def _first_existing(directory: Path, names) -> Path:
 
 
 def idx_candidates(directory: Path, name: str, class_names: tuple, npz: bool):
-    """Ways to load an MNIST-like dataset from one directory: [(description, loader or None)]."""
-    found = all((directory / s).exists() or (directory / (s + ".gz")).exists() for s in IDX_FILES)
-    yield (f"{directory}/{{{','.join(IDX_FILES)}}}[.gz]",
-           (lambda: load_idx_dir(directory, name, class_names)) if found else None)
+    """Ways to load an MNIST-like dataset from one directory: [(description, loader or None)];
+    a directory with some of the four files is described by the ones it lacks."""
+    missing = [s for s in IDX_FILES if not ((directory / s).exists() or (directory / (s + ".gz")).exists())]
+    if not missing:
+        yield str(directory), lambda: load_idx_dir(directory, name, class_names)
+    else:
+        some = len(missing) < len(IDX_FILES)
+        yield files_in(directory, missing) + "[.gz]" + (" (the other IDX files are there)" if some else ""), None
     if npz:
         path = directory / "mnist.npz"
         yield str(path), (lambda: load_mnist_npz(path)) if path.exists() else None

@@ -8,9 +8,12 @@ images stored out of memory (cnn/data/image_store.py) that the pipelines read as
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import tensorflow as tf
 
+from cnn.data.augment import Regularizers
 from cnn.data.base import EVAL_BATCH_SIZE
 from cnn.data.image_store import StoredImages
 
@@ -96,11 +99,13 @@ def _read_batch(ds, stored):
 
 def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epoch: int,
                   skip_batches: int = 0, max_rotation: float = 0.0, max_shift: float = 0.0,
-                  flip: bool = False):
+                  flip: bool = False, regularizers: Optional[Regularizers] = None):
     """One epoch of shuffled training batches; `skip_batches` resumes inside the epoch.
 
     The order, and the augmentation when max_rotation, max_shift or flip is set, depend
-    only on (seed, epoch, batch index), so a resumed run sees the same batches. `x` is an
+    only on (seed, epoch, batch index), so a resumed run sees the same batches; so do the
+    `regularizers` (cnn/data/augment.py: crops, erasing, cutout, mixup, cutmix; with mixup,
+    cutmix or label smoothing the batches are (images, (B, classes) targets)). `x` is an
     array or stored images: their keys (paths, indices) are shuffled, then read in parallel.
     """
     this_epoch = epoch_seed(seed, epoch)
@@ -114,6 +119,8 @@ def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epoc
         if max_rotation or max_shift or flip:
             seed_pair = tf.stack([tf.constant(this_epoch, tf.int64), index])
             images = augment(images, seed_pair, max_rotation, max_shift, flip)
+        if regularizers is not None and regularizers.active:
+            images, labels = regularizers(images, labels, tf.stack([tf.constant(this_epoch, tf.int64), index]))
         return images, labels
 
     return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE).with_options(pipeline_options())

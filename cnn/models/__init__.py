@@ -3,7 +3,7 @@
 Importing this package registers the built-in families below.
 """
 
-from cnn.models import bn_cnn, book_cnn, ensemble, tutorial_cnn  # noqa: F401  (each registers its models)
+from cnn.models import bn_cnn, book_cnn, ensemble, resnet, tutorial_cnn, wide_resnet  # noqa: F401  (each registers its models)
 from cnn.models.registry import MODELS, build_model, create_model, register_model
 
 __all__ = ["MODELS", "build_model", "create_model", "register_model"]

@@ -7,6 +7,7 @@ import tensorflow as tf
 from keras import ops
 
 from cnn.errors import ConfigError
+from cnn.models.outputs import cross_entropy
 from cnn.models.registry import MODELS, create_model, register_model
 
 
@@ -34,9 +35,7 @@ class Ensemble(keras.Model):
 
     def logits_loss(self, labels, logits):
         """The sum of the members' mean cross-entropies: (members, B, classes) logits."""
-        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
-            labels=tf.broadcast_to(labels, tf.shape(logits)[:-1]), logits=logits)
-        return tf.reduce_sum(tf.reduce_mean(losses, axis=-1))
+        return tf.reduce_sum(cross_entropy(labels, logits))
 
     def class_scores(self, logits):
         return ops.sum(logits, axis=0)  # keras.ops: also on the symbolic tensors of the export's functional model

@@ -14,9 +14,23 @@ import tensorflow as tf
 
 
 def cross_entropy(labels, logits):
-    """Mean softmax cross-entropy of (batch, classes) float32 logits."""
-    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    """Mean softmax cross-entropy of (..., batch, classes) float32 logits, against (batch,) int
+    labels or (batch, classes) target distributions (label smoothing, mixup, cutmix)."""
+    labels = tf.convert_to_tensor(labels)
+    if labels.dtype.is_floating:
+        targets = tf.broadcast_to(labels, tf.shape(logits))
+        losses = tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+    else:
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=tf.broadcast_to(labels, tf.shape(logits)[:-1]), logits=logits)
     return tf.reduce_mean(losses, axis=-1)
+
+
+def hard_labels(labels):
+    """The class each target names: itself for int labels, the largest share of a distribution
+    (the true class under label smoothing, the larger share of a mixup or cutmix pair)."""
+    labels = tf.convert_to_tensor(labels)
+    return tf.argmax(labels, axis=-1, output_type=tf.int32) if labels.dtype.is_floating else labels
 
 
 def loss(model, labels, logits):

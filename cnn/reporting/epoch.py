@@ -9,6 +9,7 @@ from pathlib import Path
 from cnn.reporting import history
 from cnn.config import Config
 from cnn.errors import CheckpointError
+from cnn.text import plural
 
 log = logging.getLogger("cnn.reporting")  # the name the epoch lines have always carried
 
@@ -66,6 +67,6 @@ def log_results(results_: dict) -> None:
             log.info("last epoch %d: val accuracy %.4f, test accuracy %.4f", last["epoch"],
                      last.get("val_accuracy", math.nan), last["test_accuracy"])
     else:
-        log.info("test accuracy %.4f, test loss %.4f after %d steps (dataset.validation_split=0: the test "
+        log.info("test accuracy %.4f, test loss %.4f after %s (dataset.validation_split=0: the test "
                  "set was evaluated every epoch; nothing was selected)", results_["test_accuracy"],
-                 results_["test_loss"], results_["steps"])
+                 results_["test_loss"], plural(results_["steps"], "step"))

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
 from pathlib import Path
+from typing import Iterator
+
+from cnn.errors import WriteError, errno_of
 
 # Each epoch is evaluated on the validation set (val_*), or with none on the test set (test_*).
 # seconds: the epoch's training steps; wall_seconds: from the previous epoch's line to this one's, of
@@ -18,11 +22,30 @@ TIMING_COLUMNS = ("seconds", "images_per_sec", "evaluation_seconds", "checkpoint
                   "wall_seconds")  # vary from run to run; the rest is exact
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Writes `text` to `path` so that a crash leaves the old or the new file, never half of one."""
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """Yields a temporary path beside `path` to write, then renames it over `path`: a crash leaves
+    the old or the new file, never half of one. A write that fails (a full disk, no permission)
+    removes the temporary file, keeps the old one and raises WriteError (from an OSError, or a
+    TensorFlow writer's error naming the errno)."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if not isinstance(e, (OSError, WriteError)) and errno_of(e) is None:
+            raise
+        kept = f"the previous {path.name} is kept" if path.exists() else "no half-written file is left"
+        raise WriteError.of(path, e, kept) from None
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Writes `text` to `path` through `replacing`: the old file or the new one, never half of one."""
+    with replacing(path) as tmp:
+        tmp.write_text(text)
 
 
 def read_json(path: Path):

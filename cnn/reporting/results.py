@@ -12,6 +12,7 @@ from typing import Optional
 from cnn.config import Config
 from cnn.reporting import history
 from cnn.reporting.epoch import read_rows
+from cnn.text import plural
 
 log = logging.getLogger("cnn.reporting")
 
@@ -86,8 +87,8 @@ def write_results(results_: dict, *directories: Path) -> None:
 
 def report_skipped(finished: dict, directory: Path, workdir: Path) -> dict:
     """A finished run rerun (e.g. a rerun sweep): its history and results, copied into `workdir`."""
-    log.info("finished earlier (%d epochs, test accuracy %.4f): skipped; its results are in %s",
-             finished["epochs"], finished["test_accuracy"], directory)
+    log.info("finished earlier (%s, test accuracy %.4f): skipped; its results are in %s",
+             plural(finished["epochs"], "epoch"), finished["test_accuracy"], directory)
     history.write_rows(workdir / "metrics.csv", read_rows(directory / "metrics.csv"))
     skipped = {**finished, "status": "skipped"}
     write_results(skipped, workdir)

@@ -11,6 +11,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -19,7 +20,7 @@ import tensorflow as tf
 
 from cnn.config import Config
 from cnn.data.image_store import as_array
-from cnn.errors import ConfigError
+from cnn.errors import ConfigError, WriteError, errno_of
 
 log = logging.getLogger("cnn.reporting")
 
@@ -57,7 +58,14 @@ def summary_writer(config: Config, directory: Path, step: tf.Variable, ident: di
                 write_hparams(ident, directory.name)
             yield enabled
     finally:
-        writer.close()
+        in_flight = sys.exc_info()[0] is not None  # an error on its way out says what failed
+        try:
+            writer.close()  # flushes the last events
+        except tf.errors.OpError as e:
+            if not in_flight:
+                if errno_of(e) is None:
+                    raise
+                raise WriteError.of(events, e, "the checkpoints are kept") from None
 
 
 def truncate_events(directory: Path, step: int) -> set[str]:
@@ -107,12 +115,19 @@ def replace_records(path: Path, records: list) -> None:
         path.unlink()
         return
     partial = path.with_name(PARTIAL_FILE)
-    with tf.io.TFRecordWriter(str(partial)) as writer:
-        for raw in records:
-            writer.write(raw)
-    with open(partial, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(partial, path)
+    try:
+        with tf.io.TFRecordWriter(str(partial)) as writer:
+            for raw in records:
+                writer.write(raw)
+        with open(partial, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    except (OSError, tf.errors.OpError) as e:  # a full disk: the old file stays, whole
+        partial.unlink(missing_ok=True)
+        if errno_of(e) is None:
+            raise
+        raise WriteError.of(path, e, "the events file is kept as it was; truncating again finishes "
+                                     "the job") from None
 
 
 def write_train_inputs(images, step: int) -> None:

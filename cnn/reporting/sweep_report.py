@@ -1,27 +1,24 @@
 """Sweep report: a table of every job's overrides and final metrics, and plots.
 
-    python -m cnn.tools.report multirun/2026-11-22/12-00-00
-
-Writes report.csv, report.md, objective_vs_<key>.png for each swept key and
-learning_curves.png into the sweep directory. cnn/sweeps/report_callback.py calls it
-at the end of every multirun. No TensorFlow and no Hydra here: it reads the
-job directories' files only.
+Writes report.csv, report.md, objective_vs_<key>.png for each swept key (with two jobs or
+more) and learning_curves.png into the sweep directory. cnn/sweeps/report_callback.py calls it
+at the end of every multirun, `python -m cnn.tools.report <sweep dir>` (cnn/tools/report.py)
+on request. No TensorFlow and no Hydra here: it reads the job directories' files only.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import math
-import sys
+import re
 from pathlib import Path
 from typing import Sequence
 
 import yaml
 
 from cnn.reporting import history
-from cnn.reporting.plots import figure
+from cnn.reporting.plots import epoch_axis, epoch_marker, figure
 
 # Jobs rank by their `objective`: the validation `monitor` of their selected checkpoint (the test
 # metrics stand beside it and never rank); jobs without a validation set rank by test accuracy.
@@ -60,9 +57,19 @@ def collect(sweep_dir: Path) -> list[dict]:
 
 
 def swept_keys(jobs: list[dict]) -> list[str]:
-    """Override keys whose values differ between jobs."""
+    """Override keys whose values differ between jobs; a sweep of one job: all of its overrides
+    (nothing differs, but they are what the sweep set)."""
     keys = sorted({k for job in jobs for k in job["overrides"]})
+    if len(jobs) == 1:
+        return keys
     return [k for k in keys if len({repr(job["overrides"].get(k)) for job in jobs}) > 1]
+
+
+def job_label(job: dict, keys: list[str]) -> str:
+    """A job's name in a legend: its values of the swept `keys` (a line each when they are long),
+    or without any its job number."""
+    values = [f"{k}={job['overrides'].get(k)}" for k in keys]
+    return (" " if sum(map(len, values)) <= 40 else "\n").join(values) or f"job {job['job']}"
 
 
 def objective_name(jobs: list[dict]) -> str:
@@ -89,7 +96,8 @@ def _objective(job: dict) -> float:
 def table(jobs: list[dict]) -> tuple[list[str], list[list]]:
     """Header and rows, best objective first; failed and unfinished jobs last."""
     keys = swept_keys(jobs)
-    header = ["job", *keys, *METRICS]
+    # An override named as a metric (epochs: those asked for; the metric: those trained) is told apart.
+    header = ["job", *(f"{k} (override)" if k in METRICS else k for k in keys), *METRICS]
     def cell(job, metric):
         return _value(job) if metric == "objective" and not math.isnan(_value(job)) else job["results"].get(metric)
     rows = [[job["job"], *(job["overrides"].get(k) for k in keys), *(cell(job, m) for m in METRICS)]
@@ -150,29 +158,37 @@ def curves_figure(jobs: list[dict]):
     fig = figure((10, 3.8))
     loss_ax, acc_ax = fig.subplots(1, 2)
     keys = swept_keys(jobs)
-    splits = set()
+    splits, every_epoch = set(), []
     for job in jobs:
         if job["rows"]:
             epochs = [r["epoch"] for r in job["rows"]]
             split = "val" if "val_accuracy" in job["rows"][0] else "test"
             splits.add(split)
-            label = " ".join(f"{k}={job['overrides'].get(k)}" for k in keys) or job["job"]
-            loss_ax.plot(epochs, [r["loss"] for r in job["rows"]], marker=".", label=label)
-            acc_ax.plot(epochs, [r[f"{split}_accuracy"] for r in job["rows"]], marker=".", label=label)
+            every_epoch += epochs
+            style = {"marker": epoch_marker(epochs), "label": job_label(job, keys)}
+            loss_ax.plot(epochs, [r["loss"] for r in job["rows"]], **style)
+            acc_ax.plot(epochs, [r[f"{split}_accuracy"] for r in job["rows"]], **style)
     loss_ax.set_yscale("log")
     loss_ax.set(xlabel="epoch", ylabel="training loss", title="loss")
     words = " or ".join({"val": "validation", "test": "test"}[s] for s in sorted(splits, reverse=True)) or "validation"
     acc_ax.set(xlabel="epoch", ylabel=f"{words} accuracy", title=f"{words} accuracy")
     for ax in (loss_ax, acc_ax):
+        epoch_axis(ax, every_epoch)
         ax.grid(alpha=0.3)
     if acc_ax.lines:
         acc_ax.legend(fontsize=7)
     return fig
 
 
+def objective_keys(jobs: list[dict]) -> list[str]:
+    """The keys with an objective plot: the swept ones, with two jobs or more (one job's single
+    point against a key says nothing)."""
+    return swept_keys(jobs) if len(jobs) > 1 else []
+
+
 def plot(jobs: list[dict], sweep_dir: Path) -> list[Path]:
-    """Writes objective_vs_<key>.png per swept key, and learning_curves.png; returns their paths."""
-    figures = {f"objective_vs_{key.replace('/', '_')}.png": objective_figure(jobs, key) for key in swept_keys(jobs)}
+    """Writes objective_vs_<key>.png per `objective_keys` key, and learning_curves.png; returns their paths."""
+    figures = {f"objective_vs_{key.replace('/', '_')}.png": objective_figure(jobs, key) for key in objective_keys(jobs)}
     figures["learning_curves.png"] = curves_figure(jobs)
     for name, fig in figures.items():
         fig.savefig(sweep_dir / name, dpi=100)
@@ -209,17 +225,8 @@ def write_report(sweep_dir: str | Path, sections: Sequence[str] = ()) -> list[di
     return jobs
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="Writes the report of a Hydra multirun directory.")
-    parser.add_argument("sweep_dir", type=Path)
-    args = parser.parse_args(argv)
-    if not args.sweep_dir.is_dir():
-        sys.exit(f"error: {args.sweep_dir}: no such directory")
-    if not collect(args.sweep_dir):
-        sys.exit(f"error: {args.sweep_dir}: no job directories (with .hydra/overrides.yaml) in it")
-    write_report(args.sweep_dir)
-    print((args.sweep_dir / "report.md").read_text())
-
-
-if __name__ == "__main__":
-    main()
+def report_files(sweep_dir: Path) -> list[Path]:
+    """What `write_report` wrote into `sweep_dir`, as its report.md says: report.md, report.csv
+    and the images it shows (the sections' too)."""
+    images = re.findall(r"^!\[[^\]]*\]\(([^)]+)\)$", (sweep_dir / "report.md").read_text(), re.MULTILINE)
+    return [sweep_dir / name for name in ("report.md", "report.csv", *images)]

@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from cnn.config import Config
 from cnn.errors import ConfigError, TrainingError
+from cnn.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class Distribution:
             return f"one device, batch {batch_size}"
         where = f"{self.workers} workers, " if self.workers > 1 else ""
         name = "MultiWorkerMirroredStrategy" if self.workers > 1 else type(self.strategy).__name__
-        return (f"{name}: {where}{self.replicas} replicas, global batch {batch_size} "
+        return (f"{name}: {where}{plural(self.replicas, 'replica')}, global batch {batch_size} "
                 f"({batch_size // self.replicas} per replica)")
 
 
@@ -150,7 +151,7 @@ def configure_logical_cpus(n: int) -> None:
     except RuntimeError:
         have = len(tf.config.list_logical_devices("CPU"))
         if have != n:
-            raise ConfigError(f"distribute.logical_cpus={n}: this process already runs on {have} CPU device(s), "
+            raise ConfigError(f"distribute.logical_cpus={n}: this process already runs on {plural(have, 'CPU device')}, "
                               "and TensorFlow sets them once per process; run each job in its own process "
                               "(hydra/launcher=submitit_local)") from None
 
@@ -188,7 +189,7 @@ def check_tf_config(raw: str) -> dict:
                           f"({', '.join(sorted(cluster))}); use worker (or chief)")
     if not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
         raise ConfigError(f"TF_CONFIG: task index {index!r} is out of range: the cluster has "
-                          f"{len(cluster[kind])} {kind} task(s), indices 0 to {len(cluster[kind]) - 1}")
+                          f"{plural(len(cluster[kind]), f'{kind} task')}, indices 0 to {len(cluster[kind]) - 1}")
     return spec
 
 

@@ -17,7 +17,8 @@ the latest), recomputes its batch-norm statistics as evaluation does, and writes
 
 `python -m cnn.tools.predict <checkpoint dir>/export IMAGE...` uses it, and so can TensorFlow
 Serving or any TensorFlow program (`tf.saved_model.load`). The directory is written
-aside and then renamed into place: an interrupted export leaves the previous one whole.
+aside and then renamed into place: an interrupted export leaves the previous one whole, and
+one that cannot write (a full disk) removes what it wrote and says so in one line.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import tensorflow as tf
 
 from cnn import data as data_lib
 from cnn.config import Config
+from cnn.errors import WriteError, errno_of
 from cnn.models import outputs
 from cnn.reporting import history
 from cnn.training import build
@@ -68,11 +70,30 @@ class Serving(tf.Module):
 
 def write_export(model: keras.Model, image_shape: tuple, class_names, directory: Path, record: dict) -> Path:
     """Writes the export of `model` into `directory` (replacing a previous one only once the
-    new one is complete); returns `directory`."""
+    new one is complete); returns `directory`. A write that fails (a full disk, no permission)
+    leaves no partial export, keeps the previous one and raises WriteError."""
     directory = Path(directory)
     staging = directory.with_name(f"{directory.name}.partial")
+    previous = directory.with_name(f"{directory.name}.previous")
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    try:
+        if previous.is_dir() and not directory.exists():  # a kill between the two renames: put it back
+            previous.rename(directory)
+        staging.mkdir(parents=True)
+        write_files(model, image_shape, class_names, staging, record)
+        replace_directory(staging, directory, previous)
+    except (OSError, tf.errors.OpError, WriteError) as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not isinstance(e, (OSError, WriteError)) and errno_of(e) is None:
+            raise  # not the file system's: a bug to see whole
+        kept = ("the previous export there is kept" if (directory / "saved_model").is_dir()
+                else "no partial export is left")
+        raise WriteError.of(directory, e, kept) from None
+    return directory
+
+
+def write_files(model: keras.Model, image_shape: tuple, class_names, staging: Path, record: dict) -> None:
+    """The export's files, into `staging`."""
     served = serving_model(model, image_shape)
     module = Serving(served, image_shape)
     tf.saved_model.save(module, str(staging / "saved_model"), signatures={"serving_default": module.serve})
@@ -81,6 +102,8 @@ def write_export(model: keras.Model, image_shape: tuple, class_names, directory:
         served.save(staging / keras_file)
         keras.saving.load_model(staging / keras_file)
     except Exception as e:  # noqa: BLE001  (a model Keras cannot serialize: the SavedModel still serves)
+        if isinstance(e, OSError) or errno_of(e) is not None:
+            raise  # a full disk is not the model's fault
         (staging / keras_file).unlink(missing_ok=True)
         keras_file = None
         log.warning("model.keras left out: Keras cannot save and reload this model (%s); the SavedModel has it",
@@ -90,15 +113,23 @@ def write_export(model: keras.Model, image_shape: tuple, class_names, directory:
                                                  "classes": list(class_names), "keras_file": keras_file,
                                                  "signature": "serving_default: images uint8 [N, H, W, C] -> "
                                                               "probabilities float32 [N, classes], class_ids int64 [N]"})
-    previous = None
-    if directory.exists():
-        previous = directory.with_name(f"{directory.name}.previous")
+
+
+def replace_directory(staging: Path, directory: Path, previous: Path) -> None:
+    """Renames `staging` to `directory`; a `directory` already there is moved to `previous` first
+    and removed after, or put back if the rename fails."""
+    had = directory.exists()
+    if had:
         shutil.rmtree(previous, ignore_errors=True)
         directory.rename(previous)
-    staging.rename(directory)
-    if previous is not None:
+    try:
+        staging.rename(directory)
+    except OSError:
+        if had:
+            previous.rename(directory)
+        raise
+    if had:
         shutil.rmtree(previous, ignore_errors=True)
-    return directory
 
 
 def export_checkpoint(config: Config, workdir: str | Path) -> dict:

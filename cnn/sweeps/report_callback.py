@@ -1,4 +1,4 @@
-"""The Hydra callback that writes the sweep report (cnn/report.py) at the end of a multirun.
+"""The Hydra callback that writes the sweep report (cnn/reporting/sweep_report.py) at the end of a multirun.
 
 Kept apart so that cnn.reporting.sweep_report, and `python -m cnn.tools.report`, never import Hydra.
 Named in conf/config.yaml under hydra.callbacks.report.
@@ -18,6 +18,7 @@ from hydra.experimental.callback import Callback
 from cnn.config import Config
 from cnn.config.compose import OPEN_GROUPS, schema_keys
 from cnn.reporting.sweep_report import collect, swept_keys, write_report
+from cnn.text import plural
 
 log = logging.getLogger("cnn.report")
 
@@ -69,10 +70,9 @@ def tensorboard_command(sweep_dir: Path, jobs: list[dict]) -> str:
     return f"tensorboard --logdir_spec {shlex.quote(','.join(spec))}"
 
 
-def study_sections(config) -> list[str]:
+def study_sections(sweep_dir: Path) -> list[str]:
     """The Optuna study's section of the report, when the sweep was a search (its sweeper wrote
-    study.json: the study's name and storage)."""
-    sweep_dir = Path(config.hydra.sweep.dir)
+    study.json into `sweep_dir`: the study's name and storage)."""
     try:
         record = json.loads((sweep_dir / "study.json").read_text())
     except (OSError, ValueError):
@@ -81,8 +81,8 @@ def study_sections(config) -> list[str]:
         from cnn.sweeps.study_report import study_report  # Optuna: an optional dependency
 
         section = study_report(str(record["storage"]), str(record["study_name"]), sweep_dir)
-    except Exception:  # noqa: BLE001  (the jobs' report comes first)
-        log.exception("could not read the Optuna study for the report")
+    except Exception as e:  # noqa: BLE001  (the jobs' report comes first)
+        log.warning("the report has no section on the Optuna study: %s: %s", type(e).__name__, e)
         return []
     return [section] if section else []
 
@@ -100,7 +100,7 @@ class SweepReport(Callback):
         if not collect(sweep_dir):  # a search with nothing left to run has said so itself
             return
         try:
-            jobs = write_report(sweep_dir, sections=study_sections(config))
+            jobs = write_report(sweep_dir, sections=study_sections(sweep_dir))
             write_hparams_config(sweep_dir / "tensorboard", swept_keys(jobs))
             log.info("TensorBoard: %s", tensorboard_command(sweep_dir, jobs))
         except Exception:  # noqa: BLE001  (the sweep's exit status must still tell of failed jobs)
@@ -109,13 +109,13 @@ class SweepReport(Callback):
         counts = {}
         for job in jobs:
             counts[job["results"].get("status")] = counts.get(job["results"].get("status"), 0) + 1
-        log.info("sweep of %d jobs: %s; report in %s", len(jobs),
+        log.info("sweep of %s: %s; report in %s", plural(len(jobs), "job"),
                  ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=str)), sweep_dir / "report.md")
         failed = [job["job"] for job in jobs if job["results"].get("status") in ("failed", "unfinished", None)
                   and not self.left_over(sweep_dir / job["job"])]
         if failed:  # SystemExit: Hydra turns exceptions in callbacks into warnings
-            log.error("%d of %d jobs failed (jobs %s); see %s", len(failed), len(jobs), ", ".join(failed),
-                      sweep_dir / "report.md")
+            log.error("%d of %s failed (%s %s); see %s", len(failed), plural(len(jobs), "job"),
+                      "job" if len(failed) == 1 else "jobs", ", ".join(failed), sweep_dir / "report.md")
             sys.exit(1)
 
     def left_over(self, job_dir: Path) -> bool:

@@ -35,6 +35,7 @@ from cnn.config import identity, to_config
 from cnn.errors import ConfigError
 from cnn.sweeps.space import search_space
 from cnn.sweeps.storage import RETRY_OF, Heartbeat, open_storage, requeue_stale
+from cnn.text import plural
 
 log = logging.getLogger("cnn.sweeps")
 
@@ -155,8 +156,9 @@ class Search:
         study = self.open_study(storage, name, record)
         requeued = requeue_stale(study, float(s["grace_seconds"]))
         if requeued:
-            log.info("trials %s were left running by a worker that stopped: enqueued again, to resume",
-                     ", ".join(map(str, requeued)))
+            log.info("%s %s %s left running by a worker that stopped: enqueued again, to resume",
+                     "trial" if len(requeued) == 1 else "trials", ", ".join(map(str, requeued)),
+                     "was" if len(requeued) == 1 else "were")
         self.write_study_record(name)
         failed = launched = 0
         while True:
@@ -166,8 +168,8 @@ class Search:
             failed += self.launch(study, batch, fixed, name)
             launched += len(batch)
             if launched and failed / launched > float(s["max_failure_rate"]):
-                raise ConfigError(f"{failed} of {launched} trials failed (more than hydra.sweeper.max_failure_rate="
-                                  f"{s['max_failure_rate']}); see their results.json")
+                raise ConfigError(f"{failed} of {plural(launched, 'trial')} failed (more than "
+                                  f"hydra.sweeper.max_failure_rate={s['max_failure_rate']}); see their results.json")
         return self.summary(study, name, launched)
 
     def study_identity(self, space: dict, fixed: list[str]) -> tuple[str, dict]:
@@ -239,9 +241,9 @@ class Search:
         trials = study.get_trials(deepcopy=False)
         count = lambda state: sum(t.state == state for t in trials)
         n = int(self.settings["n_trials"])
-        line = (f"study {name} ({self.settings['storage']}): {count(TrialState.COMPLETE)} complete and "
-                f"{count(TrialState.PRUNED)} pruned of {n} trial{'s' if n != 1 else ''}; this invocation ran "
-                f"{launched}")
+        pruned = count(TrialState.PRUNED)
+        line = (f"study {name} ({self.settings['storage']}): {count(TrialState.COMPLETE)} of {plural(n, 'trial')} "
+                f"complete{f', {pruned} pruned' if pruned else ''}; this invocation ran {plural(launched, 'trial')}")
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         if not complete:
             log.info("%s; no trial complete yet", line)

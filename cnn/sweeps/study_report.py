@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from cnn.sweeps.search import quiet_optuna
 from cnn.sweeps.storage import open_storage
+from cnn.text import plural
 
 
 def study_report(storage: str, study_name: str, sweep_dir: Path) -> Optional[str]:
@@ -27,10 +28,11 @@ def study_report(storage: str, study_name: str, sweep_dir: Path) -> Optional[str
         return None
     trials = study.get_trials(deepcopy=False)
     names = sorted({k for t in trials for k in t.params})
+    pruned = sum(t.state == TrialState.PRUNED for t in trials)
     lines = [f"## Optuna study `{study_name}` ({storage})", "",
-             f"{sum(t.state == TrialState.COMPLETE for t in trials)} complete and "
-             f"{sum(t.state == TrialState.PRUNED for t in trials)} pruned of {len(trials)} trial(s); "
-             f"direction {', '.join(d.name.lower() for d in study.directions)}.", "",
+             f"{sum(t.state == TrialState.COMPLETE for t in trials)} of {plural(len(trials), 'trial')} complete"
+             f"{f', {pruned} pruned' if pruned else ''}; direction "
+             f"{', '.join(d.name.lower() for d in study.directions)}.", "",
              "| trial | state | value | " + " | ".join(names) + " |", "|" + "---|" * (3 + len(names))]
     for t in trials:
         value = "" if t.values is None else ", ".join(f"{v:.4f}" for v in t.values)

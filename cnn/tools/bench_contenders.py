@@ -3,7 +3,6 @@ eager, the epoch-end actions; and `round_robin`, which times them in alternating
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import statistics
 import time
@@ -32,30 +31,49 @@ def matmul_peak(dtype: str, n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 / median_time(lambda: matmul(a).numpy(), repeats) / 1e9
 
 
-def train_flops_per_image(model) -> float:
-    """Training FLOPs per image: 3x the forward multiply-adds of conv and dense layers."""
-    import keras
+FLOPS_COUNTED = ("3x the forward pass's convolutions and matrix products, 2 FLOP per multiply-add, read "
+                 "from its traced graph; batch norm, activations, pooling and the optimizer's update not counted")
 
-    forward = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv2D):
-            _, h, w, c_out = layer.output.shape
-            kh, kw, c_in, _ = layer.kernel.shape
-            forward += 2 * h * w * kh * kw * c_in * c_out
-        elif isinstance(layer, keras.layers.Dense):
-            forward += 2 * layer.kernel.shape[0] * layer.kernel.shape[1]
-    return 3 * forward  # backward: twice the forward (input and weight gradients)
+
+def train_flops_per_image(model, image_shape) -> float:
+    """Training FLOPs per image, as FLOPS_COUNTED says: 3x the forward pass's (the backward
+    pass computes the input and the weight gradients, each as costly as the forward)."""
+    import tensorflow as tf
+
+    forward = tf.function(lambda images: model(images, training=False))
+    graph = forward.get_concrete_function(tf.TensorSpec((1, *image_shape), tf.float32)).graph  # one image
+    return 3 * sum(op_flops(op) for op in graph.get_operations())
+
+
+def op_flops(op) -> int:
+    """2 x the multiply-adds of a convolution or matrix product of static shapes; 0 for any other
+    op. Any model's layers come down to these ops (Sequential, functional, subclassed, nested)."""
+    if op.type in ("Conv2D", "DepthwiseConv2dNative"):  # filter (kh, kw, c_in per group, c_out)
+        kh, kw, c_in = op.inputs[1].shape[:3]
+        return 2 * op.outputs[0].shape.num_elements() * kh * kw * (c_in if op.type == "Conv2D" else 1)
+    if op.type == "MatMul":
+        a = op.inputs[0].shape  # (m, k), or (k, m) transposed
+        return 2 * op.outputs[0].shape.num_elements() * (a[0] if op.get_attr("transpose_a") else a[1])
+    if op.type in ("BatchMatMul", "BatchMatMulV2", "BatchMatMulV3"):
+        a = op.inputs[0].shape  # (..., m, k), or (..., k, m) adjoint
+        return 2 * op.outputs[0].shape.num_elements() * (a[-2] if op.get_attr("adj_x") else a[-1])
+    return 0
 
 
 def config_for(dataset, data_dir, precision="float32", steps_per_loop=1, batch_size=100, ckpt_dir=None,
-               model="book_cnn"):
-    """The config `python train.py` would run with these settings."""
+               model=()):
+    """The config `python train.py` would run with these settings; `model`: its model overrides,
+    e.g. ("model=resnet", "model.depth=20"); none: train.py's model. A bad model or option is
+    a ConfigError, before anything is built."""
     from cnn.config import compose
+    from cnn.training.build import check_builders
 
-    return compose(f"dataset={dataset}", f"dataset.data_dir={os.path.abspath(data_dir)}", "dataset.download=false",
-                   f"model={model}", f"batch_size={batch_size}", f"precision={precision}",
-                   f"steps_per_loop={steps_per_loop}", "progress=false",
-                   f"checkpoint.dir={'null' if ckpt_dir is None else ckpt_dir}")
+    config = compose(f"dataset={dataset}", f"dataset.data_dir={os.path.abspath(data_dir)}", "dataset.download=false",
+                     *model, f"batch_size={batch_size}", f"precision={precision}",
+                     f"steps_per_loop={steps_per_loop}", "progress=false",
+                     f"checkpoint.dir={'null' if ckpt_dir is None else ckpt_dir}")
+    check_builders(config)
+    return config
 
 
 def input_pipeline(data, batch_size: int):
@@ -96,6 +114,7 @@ def prepare_loop(config, data, steps: int, strategy=None):
         state.step.numpy()  # wait for the device
 
     run()  # warm-up: trace, oneDNN primitive caches, tf.data buffers
+    run.model = state.model
     return run
 
 
@@ -125,20 +144,22 @@ def prepare_epochs(config, data, steps: int):
         state.step.numpy()
 
     run()
+    run.model = state.model
     return run
 
 
 def prepare_fit(config, data, steps: int):
-    """Keras Model.fit of the same model, warmed up; `run()` is one fit epoch of `steps`
+    """Keras Model.fit of the same model, with the same optimizer (the config's), loss and
+    accuracy (the model's own, as the loop's), warmed up; `run()` is one fit epoch of `steps`
     steps and returns that epoch's time, from Keras' own epoch callbacks."""
     import keras
 
     from cnn.training import build as run_lib
 
     run_lib.setup(config)
-    model = run_lib.create_state(config, data).model
-    model.compile(optimizer=keras.optimizers.Adam(config.lr),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    state = run_lib.create_state(config, data)
+    model = state.model
+    model.compile(optimizer=state.optimizer, loss=model_loss(model), metrics=[model_accuracy(model)])
     ds = input_pipeline(data, config.batch_size)
 
     class Timer(keras.callbacks.Callback):
@@ -155,12 +176,42 @@ def prepare_fit(config, data, steps: int):
         return timer.seconds
 
     run()
-    run.self_timed = True
+    run.self_timed, run.model = True, model
     return run
 
 
-def prepare_torch(data, batch_size: int, steps: int):
-    """The same network in PyTorch eager on the CPU, warmed up; None without torch."""
+def model_loss(model):
+    """The loop's loss (`cnn.models.outputs.loss`: the model's own) as a Keras loss for `compile`."""
+    import keras
+    import tensorflow as tf
+
+    from cnn.models import outputs
+
+    class Loss(keras.losses.Loss):
+        def __call__(self, y_true, y_pred, sample_weight=None):  # not Loss.__call__: it casts the labels to float
+            return outputs.loss(model, y_true, tf.cast(y_pred, tf.float32))
+
+    return Loss(name="loss")
+
+
+def model_accuracy(model):
+    """The loop's accuracy (of the model's class scores) as a Keras metric for `compile`."""
+    import keras
+
+    from cnn.models import outputs
+
+    class Accuracy(keras.metrics.SparseCategoricalAccuracy):
+        def update_state(self, y_true, y_pred, sample_weight=None):
+            return super().update_state(y_true, outputs.class_scores(model, y_pred), sample_weight)
+
+    return Accuracy(name="accuracy")
+
+
+TORCH_TWIN = "book_cnn"  # the model prepare_torch writes in PyTorch
+
+
+def prepare_torch(data, batch_size: int, steps: int, dropout: float = 0.4):
+    """The book CNN (TORCH_TWIN) in PyTorch eager on the CPU, warmed up; None without torch."""
     try:
         import torch
     except ImportError:
@@ -172,7 +223,7 @@ def prepare_torch(data, batch_size: int, steps: int):
         nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
         nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),  # (B, 128, 4, 4)
-        nn.Flatten(), nn.Linear(2048, 256), nn.ReLU(), nn.Dropout(0.4), nn.Linear(256, 10))
+        nn.Flatten(), nn.Linear(2048, 256), nn.ReLU(), nn.Dropout(dropout), nn.Linear(256, 10))
     assert sum(p.numel() for p in model.parameters()) == 619_786
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
@@ -206,6 +257,9 @@ def round_robin(runs: list, repeats: int) -> list[list[float]]:
     return times
 
 
+BN_CNN = ("model=bn_cnn",)  # config_for's model overrides of the best model's network
+
+
 def batch_norm_contenders(dataset, data_dir, data, steps: int) -> list[tuple[str, str, object]]:
     """bn_cnn in our loop with Keras' BatchNormalization and with ours (fused)."""
     import keras
@@ -219,18 +273,19 @@ def batch_norm_contenders(dataset, data_dir, data, steps: int) -> list[tuple[str
             fused = bn_cnn.BatchNormalization
             bn_cnn.BatchNormalization = layer  # what bn_cnn builds its normalization with
             try:
-                run = prepare_loop(config_for(dataset, data_dir, precision, 100, model="bn_cnn"), data, steps)
+                run = prepare_loop(config_for(dataset, data_dir, precision, 100, model=BN_CNN), data, steps)
             finally:
                 bn_cnn.BatchNormalization = fused
             contenders.append((f"`{name}`", precision, run))
     return contenders
 
 
-def prepare_epoch_end(config, data, tmp: str) -> dict:
+def prepare_epoch_end(config, data, tmp: str, bn_config) -> dict:
     """The duties of an epoch's end, as runs for `round_robin`: the very actions the training
-    loop calls (`cnn.training.actions`), on a run in `tmp` with 15 epochs of history.
+    loop calls (`cnn.training.actions`), on a run of `config` in `tmp` with 15 epochs of history.
     "logging" is metrics.csv, the TensorBoard summaries and the log line; "curves" one
-    drawing of learning_curves.png; "precise_bn" bn_cnn's batch-norm statistics recomputed."""
+    drawing of learning_curves.png; "precise_bn" the batch-norm statistics of `bn_config`'s
+    model (one with batch norm: the timed model's own config, or bn_cnn's) recomputed."""
     import tensorflow as tf
 
     from cnn.reporting import history
@@ -262,8 +317,6 @@ def prepare_epoch_end(config, data, tmp: str) -> dict:
         end.step = next(saves)
         actions.Save(checkpointer, None)(end)
 
-    bn_config = dataclasses.replace(config, model=config_for(config.dataset.name, config.dataset.data_dir,
-                                                             model="bn_cnn").model)
     run_lib.setup(bn_config)
     bn_state = run_lib.create_state(bn_config, data)
     statistics = actions.RecomputeStatistics(*run_lib.statistics(bn_config, bn_state, data, evaluator.element_spec))

@@ -1,6 +1,6 @@
 """Classifies image files with an export (`python train.py mode=export ...`).
 
-    python -m cnn.predict EXPORT_DIR IMAGE... [--top K] [--json]
+    python -m cnn.tools.predict EXPORT_DIR IMAGE... [--top K] [--json]
 
 Prints one line per image: its path, the predicted class and its probability (with
 `--top K`, the K most probable). `--json` prints one JSON document instead. Needs
@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from cnn.errors import CnnError
+from cnn.text import plural
 
 
 class PredictError(CnnError):
@@ -30,13 +31,16 @@ class PredictError(CnnError):
 
 
 def load_export(directory: Path):
-    """(serving function, labels, (H, W, C)) of an export directory; PredictError if it is not one."""
+    """(serving function, labels, (H, W, C)) of an export directory; PredictError if it is not one.
+    Its SavedModel is a TensorFlow graph that runs as it was written: load only exports you trust."""
     import tensorflow as tf
 
+    write_one = "write one with `python train.py mode=export <the run's settings>`"
+    if not directory.exists():
+        raise PredictError(f"{directory}: no such directory; pass an export (<checkpoint dir>/export), or {write_one}")
     labels_file, saved = directory / "labels.txt", directory / "saved_model"
     if not (saved / "saved_model.pb").is_file() or not labels_file.is_file():
-        raise PredictError(f"{directory}: not an export (it needs saved_model/ and labels.txt); write one with "
-                           "`python train.py mode=export <the run's settings>`")
+        raise PredictError(f"{directory}: not an export (it needs saved_model/ and labels.txt); {write_one}")
     try:
         serve = tf.saved_model.load(str(saved)).signatures["serving_default"]
     except Exception as e:  # noqa: BLE001  (damaged files fail in many ways)
@@ -46,24 +50,33 @@ def load_export(directory: Path):
     return serve, labels, shape
 
 
-def read_image(path: Path, shape: tuple, notes: list):
-    """The image at `path` as uint8 (H, W, C) of the export's shape, converted as training's
-    image folders are (`cnn.image_folder.decode`); conversions go to `notes`."""
-    import tensorflow as tf
-
-    from cnn.data.image_store import decode
-
-    height, width, channels = shape
+def _read_bytes(path: Path) -> bytes:
+    """The file's contents; PredictError naming it when it cannot be read."""
     try:
-        contents = path.read_bytes()
-        have = tf.io.decode_image(contents, expand_animations=False).shape
+        return path.read_bytes()
     except FileNotFoundError:
         raise PredictError(f"{path}: no such file") from None
-    except (OSError, tf.errors.OpError) as e:
-        reason = getattr(e, "message", str(e)).strip().splitlines()[0][:160]
-        raise PredictError(f"{path}: not a decodable image ({reason}); PNG, JPEG, BMP and GIF are read") from None
+    except IsADirectoryError:
+        raise PredictError(f"{path}: a directory, not an image file") from None
+    except OSError as e:  # no permission, an I/O error
+        raise PredictError(f"{path}: cannot read it ({e.strerror or e})") from None
+
+
+def read_image(path: Path, shape: tuple, notes: list):
+    """The image at `path` as uint8 (H, W, C) of the export's shape, converted as training's
+    image folders are (`cnn.data.image_store.decode`); conversions go to `notes`."""
+    import tensorflow as tf
+
+    from cnn.data.image_store import UndecodableImage, decode, decode_native
+
+    height, width, channels = shape
+    contents = _read_bytes(path)
+    try:
+        have = decode_native(contents).shape
+    except UndecodableImage as e:
+        raise PredictError(f"{path}: not a decodable image ({e.message})") from None
     if have[-1] != channels:
-        notes.append(f"{path}: {have[-1]} channel(s) converted to {channels}, as the model takes")
+        notes.append(f"{path}: {plural(have[-1], 'channel')} converted to {channels}, as the model takes")
     if tuple(have[:2]) != (height, width):
         notes.append(f"{path}: resized from {have[1]}x{have[0]} to {width}x{height}")
     with tf.device("/CPU:0"):  # where tf.data decodes for training: the same arithmetic

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cnn.errors import CnnError
+from cnn.text import plural
 
 
 def folder_name(class_name: str) -> str:
@@ -58,7 +59,7 @@ def main(argv=None) -> int:
     n = slice(None, args.limit)
     written = sum(write_split(x[n], y[n], data.class_names, args.out / split)
                   for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)))
-    print(f"wrote {written} images of {len(data.class_names)} classes to {args.out}/train and {args.out}/test")
+    print(f"wrote {plural(written, 'image')} of {plural(len(data.class_names), 'class', 'classes')} to {args.out}/train and {args.out}/test")
     return 0
 
 

@@ -1,7 +1,7 @@
 """Feature maps: every channel of every conv and pool layer for one test image.
 
-    python -m cnn.visualize --checkpoint checkpoints/<run name> --index 0
-    python -m cnn.visualize --model book_cnn --data-dir tests/data/mnist-sample --out /tmp/maps
+    python -m cnn.tools.visualize --checkpoint checkpoints/<run name> --index 0
+    python -m cnn.tools.visualize --model book_cnn --data-dir tests/data/mnist-sample --out /tmp/maps
 
 With --checkpoint (a run's checkpoint directory, its latest checkpoint, or a
 `<dir>/ckpt-N` prefix) the model and dataset are the run's own (from run.json);
@@ -85,13 +85,15 @@ def main(argv=None) -> None:
 
     from cnn.reporting import plots
     from cnn.errors import CnnError
+    from cnn.text import plural
 
     try:
         model, data = load_model(args.checkpoint, args.model, args.dataset, args.data_dir)
     except CnnError as e:
         sys.exit(f"error: {e}")
     if not 0 <= args.index < len(data.x_test):
-        sys.exit(f"error: --index {args.index}: the test set has {len(data.x_test)} images")
+        sys.exit(f"error: --index {args.index}: the test set has {plural(len(data.x_test), 'image')} "
+                 f"(--index 0 to {len(data.x_test) - 1})")
     image = data.x_test[args.index].astype("float32") / 255.0
     args.out.mkdir(parents=True, exist_ok=True)
     plots.image_grid(image[None], [f"test #{args.index}: {data.class_names[data.y_test[args.index]]}"],

@@ -21,6 +21,7 @@ from cnn.checkpointing.directory import keep_best
 from cnn.config import Config
 from cnn.reporting import epoch as epoch_lines
 from cnn.reporting import history, plots, summaries
+from cnn.training import ema
 from cnn.training.checkpointer import Checkpointer
 from cnn.training.evaluator import Evaluator
 from cnn.training.state import TrainState
@@ -56,6 +57,17 @@ class RecomputeStatistics:
 
     def __call__(self, end: Optional[EpochEnd] = None) -> None:
         self.statistics.recompute(self.dataset)
+
+
+class Averaged:
+    """`action` run on the weights' moving average (ema.decay), swapped in around it only."""
+
+    def __init__(self, action, state: TrainState):
+        self.action, self.state, self.name = action, state, action.name
+
+    def __call__(self, end: Optional[EpochEnd] = None) -> None:
+        with ema.averaged(self.state):
+            self.action(end)
 
 
 class Evaluate:

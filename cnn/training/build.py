@@ -24,7 +24,7 @@ from cnn.errors import ConfigError
 from cnn.models import MODELS, build_model
 from cnn.optim import OPTIMIZERS, create_optimizer, learning_rate
 from cnn.runtime.console import hide_per_run_retracing_warnings
-from cnn.training import precise_bn
+from cnn.training import ema, precise_bn
 from cnn.training.state import TrainState
 
 log = logging.getLogger("cnn.run")
@@ -116,6 +116,7 @@ def create_state(config: Config, data: data_lib.Data) -> TrainState:
     model = build_model(config.model, data.image_shape, data.num_classes)
     spe = data_lib.steps_per_epoch(len(data.x_train), config.batch_size)
     optimizer = create_optimizer(config.optimizer, learning_rate(config.lr, config.schedule, spe))
+    ema.turn_on(optimizer, config.ema.decay)  # before the optimizer is built: its averages are its variables
     if config.precision == "mixed_float16":  # float16 gradients underflow without loss scaling
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return TrainState(model, optimizer)

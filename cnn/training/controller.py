@@ -20,9 +20,11 @@ import tensorflow as tf
 
 from cnn import data as data_lib
 from cnn.config import Config
+from cnn.data import augment
 from cnn.reporting import history, summaries
 from cnn.runtime.distribute import Distribution
 from cnn.runtime.stopping import WATCHED_SIGNALS, StopRequest, Stopped, signal_name
+from cnn.text import plural
 from cnn.training.actions import EpochEnd
 from cnn.training.checkpointer import Checkpointer
 from cnn.training.state import TrainState
@@ -56,7 +58,8 @@ class EpochStats:
 
 class Progress:
     """A Keras progress bar over the epoch's steps (by default only on a terminal), updated
-    between compiled calls at most 50 times an epoch (each update reads the device)."""
+    between compiled calls at most 50 times an epoch (each update reads the device). While the
+    bar's line is open, a log line printed to the console first ends it (`BarLine`)."""
 
     def __init__(self, enabled: Optional[bool], state: TrainState, steps_per_epoch: int):
         self.shown = sys.stdout.isatty() if enabled is None else enabled
@@ -64,14 +67,46 @@ class Progress:
         self.every, self.bar = max(1, steps_per_epoch // 50), None
 
     def start(self, done: int) -> None:
-        self.bar = keras.utils.Progbar(self.steps, stateful_metrics=["loss", "accuracy"]) if self.shown else None
-        if self.bar is not None:
+        self.bar = None
+        if self.shown:
+            # interval=0: every update draws (they are few), so the bar's line is open exactly once drawn.
+            self.bar = keras.utils.Progbar(self.steps, stateful_metrics=["loss", "accuracy"], interval=0)
             self.bar.update(done)
+            BAR_LINE.opened(done < self.steps)
 
     def update(self, done: int, ran: int) -> None:
         if self.bar is not None and (done // self.every != (done - ran) // self.every or done == self.steps):
             self.bar.update(done, [("loss", float(self.state.loss.result())),
                                    ("accuracy", float(self.state.accuracy.result()))])
+            BAR_LINE.opened(done < self.steps)  # at the epoch's end the bar ends its own line
+
+
+class BarLine(logging.Filter):
+    """Ends an open progress-bar line on stdout before a console handler prints a log record
+    (the bar leaves its line open for the next update: a log line would be glued to it). One
+    filter for the process, on the root logger's console handlers while a bar is open; it
+    holds no reference to a run."""
+
+    def __init__(self):
+        super().__init__()
+        self.open = False
+
+    def opened(self, open_: bool) -> None:
+        """The bar's line is open (`open_`) or ended; the filter is on the console handlers only meanwhile."""
+        self.open = open_
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                (handler.addFilter if open_ else handler.removeFilter)(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.open:  # stays on its handlers: removing a filter while logging runs the filters would skip one
+            self.open = False
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        return True
+
+
+BAR_LINE = BarLine()
 
 
 class Controller:
@@ -85,6 +120,9 @@ class Controller:
         self.directory, self.actions, self.placement = directory, actions, placement
         self.workdir, self.summaries = workdir, summaries_on
         self.steps_per_epoch = data_lib.steps_per_epoch(len(data.x_train), config.batch_size)
+        self.regularizers = augment.from_config(config, data.num_classes)
+        if self.regularizers.soft_targets:  # the batches' labels are (B, classes) targets
+            element_spec = (element_spec[0], tf.TensorSpec([None, data.num_classes], tf.float32))
         # Ctrl-C and SIGTERM end the compiled loop after the step it is in. Several workers must
         # stop at the same step: they agree between calls instead (`between_calls`).
         self.stop_flag = tf.Variable(False, trainable=False) if placement.workers == 1 else None
@@ -141,7 +179,7 @@ class Controller:
             self.data.x_train, self.data.y_train, c.batch_size, c.seed, epoch, skip_batches=skip_batches,
             max_rotation=c.dataset.max_rotation if c.dataset.augment else 0.0,
             max_shift=c.dataset.max_shift if c.dataset.augment else 0.0,
-            flip=c.dataset.flip and c.dataset.augment)
+            flip=c.dataset.flip and c.dataset.augment, regularizers=self.regularizers)
 
     def train_epoch(self, dataset, start_step: int, started: float) -> EpochStats:
         """Runs the batches of one epoch, or its remainder when `start_step` is inside it."""
@@ -171,9 +209,9 @@ class Controller:
         for action in self.actions:
             _, end.timings[action.name] = timed(action, end)
         if self.stopped_early:
-            log.info("early stopping: %s has not improved by more than %g for %d epochs; best: epoch %d",
-                     self.config.monitor, self.config.early_stopping.min_delta, int(self.state.wait.numpy()),
-                     int(self.state.best_step.numpy()) // self.steps_per_epoch)
+            log.info("early stopping: %s has not improved by more than %g for %s; best: epoch %d",
+                     self.config.monitor, self.config.early_stopping.min_delta, plural(int(self.state.wait.numpy()),
+                     "epoch"), int(self.state.best_step.numpy()) // self.steps_per_epoch)
         return end
 
     def between_calls(self, step: int) -> tuple[bool, bool]:
@@ -198,7 +236,7 @@ class Controller:
         where = self.checkpointer.latest if chief else f"with the chief's, in {self.directory}"
         spe = self.steps_per_epoch
         message = (f"stopped by {signal_name(self.stop.signum)} at step {step} (epoch {step // spe + 1}, "
-                   f"{step % spe} of {spe} steps done); saved {where}; rerun the command to resume")
+                   f"{step % spe} of {plural(spe, 'step')} done); saved {where}; rerun the command to resume")
         if chief:
             history.write_json(self.workdir / "results.json", {
                 "status": "stopped", "signal": signal_name(self.stop.signum), "step": step,
@@ -208,4 +246,5 @@ class Controller:
     def first_steps_done(self, steps: int, started: float) -> None:
         self.state.step.numpy()  # wait for the device
         self.first_step_seconds = time.time() - started
-        log.info("first %d step(s) done %.1f s after the start", steps, self.first_step_seconds)
+        log.info("first %s done %.1f s after the start", "step" if steps == 1 else f"{steps} steps",
+                 self.first_step_seconds)

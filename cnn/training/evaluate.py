@@ -7,16 +7,20 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
+from cnn.runtime.console import default_logging, import_tensorflow
 
-from cnn import data as data_lib
-from cnn.checkpointing.directory import check_identity
-from cnn.checkpointing.resume import restore_chosen, restore_given
-from cnn.config import Config, weights_identity
-from cnn.data.image_store import as_array
-from cnn.reporting import history, plots
-from cnn.training import build
-from cnn.training.steps import make_evaluate
+import_tensorflow()  # before the imports below load it: the Python API starts as quietly as train.py
+
+import numpy as np  # noqa: E402
+
+from cnn import data as data_lib  # noqa: E402
+from cnn.checkpointing.directory import check_identity  # noqa: E402
+from cnn.checkpointing.resume import restore_chosen, restore_given  # noqa: E402
+from cnn.config import Config, weights_identity  # noqa: E402
+from cnn.data.image_store import as_array  # noqa: E402
+from cnn.reporting import history, plots  # noqa: E402
+from cnn.training import build, ema  # noqa: E402
+from cnn.training.steps import make_evaluate  # noqa: E402
 
 log = logging.getLogger("cnn.evaluation")  # the name these lines have always carried
 
@@ -24,11 +28,14 @@ log = logging.getLogger("cnn.evaluation")  # the name these lines have always ca
 def restore_for_reading(config: Config, state, run: build.Prepared, mode: str) -> tuple[str, str]:
     """Restores what mode=eval and mode=export read: `resume=<path>`, else the run's best or
     latest checkpoint (`checkpoint.eval`; export always the run's own). Returns (path, "given", "best"
-    or "latest")."""
+    or "latest"). With `ema.decay`, the model then holds the weights' averages: what is read."""
     if mode == "eval" and config.resume not in ("auto", "never"):
-        return restore_given(state, config.resume, run.identity), "given"
-    check_identity(run.directory, weights_identity(run.identity))  # the statistics are recomputed or as saved
-    return restore_chosen(state, run.directory, config.checkpoint.eval, mode=mode)
+        restored = restore_given(state, config.resume, run.identity), "given"
+    else:
+        check_identity(run.directory, weights_identity(run.identity))  # the statistics are recomputed or as saved
+        restored = restore_chosen(state, run.directory, config.checkpoint.eval, mode=mode)
+    ema.use_averages(state)
+    return restored
 
 
 def evaluate_checkpoint(config: Config, workdir: str | Path) -> dict:
@@ -36,6 +43,7 @@ def evaluate_checkpoint(config: Config, workdir: str | Path) -> dict:
     recomputes its batch-norm statistics (precise_bn), evaluates it on the test set and writes
     results.json and the evaluation plots into `workdir`."""
     workdir = Path(workdir)
+    default_logging()  # the Python API's lines, where nothing configured logging
     run = build.prepare(config)  # precise BN reads the training images that remain after the split
     build.setup(config)
     state = build.create_state(config, run.data)
@@ -62,8 +70,7 @@ def evaluation_plots(data: data_lib.Data, predictions: np.ndarray, workdir: Path
     plots.plot_confusion_matrix(matrix, data.class_names, workdir / "confusion_matrix.png")
     plots.plot_per_class_accuracy(matrix, data.class_names, workdir / "per_class_accuracy.png")
     wrong = np.flatnonzero(predictions != data.y_test)[:32]
-    titles = [f"#{i} {data.class_names[predictions[i]]}\n(true {data.class_names[data.y_test[i]]})"
-              for i in wrong]
+    titles = plots.misclassified_titles(wrong, predictions, data.y_test, data.class_names, data.test_names)
     plots.image_grid(as_array(data.x_test[wrong]), titles, workdir / "misclassified.png")
     per_class = np.diag(matrix) / np.maximum(matrix.sum(axis=1), 1)
     return {"per_class_accuracy": dict(zip(data.class_names, per_class.tolist()))}

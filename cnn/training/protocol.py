@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cnn.checkpointing.directory import keep_best, restore
-from cnn.training import build
+from cnn.training import build, ema
 from cnn.training.checkpointer import Checkpointer
 from cnn.training.evaluator import Evaluator
 from cnn.training.state import TrainState
@@ -33,7 +33,8 @@ def final_evaluation(state: TrainState, evaluator: Evaluator, rows: list, last_e
         last.update(last_evaluation)  # test_loss, test_accuracy (member_test_accuracy)
         return {"selected": last, "last": last}
     last.update({k: v for k, v in last_row.items() if k.startswith("val_")})
-    last.update(evaluator.evaluate_test())  # the weights in memory are the last checkpoint's
+    with ema.averaged(state):  # the weights in memory are the last checkpoint's
+        last.update(evaluator.evaluate_test())
     best_step = int(state.best_step.numpy())
     path = keep_best(directory, best_step) if best_step >= 0 else None
     if path is None:
@@ -43,11 +44,13 @@ def final_evaluation(state: TrainState, evaluator: Evaluator, rows: list, last_e
                     {"epoch": -(-best_step // steps_per_epoch), monitor: float(state.best_value.numpy())})
     if workers == 1:
         restore(state.checkpoint, path)
-        test = evaluator.evaluate_test()
+        with ema.averaged(state):
+            test = evaluator.evaluate_test()
         restore(state.checkpoint, checkpointer.latest)  # the state is the last one again
     else:  # restoring the shared state is collective, and the other workers are done: a copy of one's own
         copy = build.create_state(config, data)
         restore(copy.checkpoint, path)
+        ema.use_averages(copy)
         test = make_evaluate(copy.model, evaluator.element_spec)(evaluator.test_ds, "test")[0]
     selected = {"epoch": best_row["epoch"], "step": best_step, "checkpoint": path,
                 **{k: v for k, v in best_row.items() if k.startswith("val_")}, **test}

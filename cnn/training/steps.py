@@ -86,7 +86,7 @@ def make_train_loop(state, element_spec, summaries: bool = False, strategy=None,
         loss, logits, grads = train_step(state.model, state.optimizer, batch)
         labels = batch[1]
         state.loss.update_state(loss, sample_weight=tf.cast(tf.shape(labels)[0], tf.float32))
-        state.accuracy.update_state(labels, predict(state.model, logits))
+        state.accuracy.update_state(outputs.hard_labels(labels), predict(state.model, logits))  # (B,) classes
         return loss, grads
 
     def step(batch):

@@ -1,8 +1,8 @@
 """`train_and_evaluate`: one configured run, from its data to its results.
 
-It reads top to bottom: the placement, the run (data, directory, identity) and, when it
-has finished, its results; a fresh state, restored or started; the controller over the
-epoch-end actions; the test protocol; results.json.
+It reads top to bottom: the builders' options checked, the placement, the run (data,
+directory, identity) and, when it has finished, its results; a fresh state, restored or
+started; the controller over the epoch-end actions; the test protocol; results.json.
 """
 
 from __future__ import annotations
@@ -14,22 +14,27 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from cnn.checkpointing import resume
-from cnn.checkpointing.directory import keep_best, write_identity
-from cnn.config import Config
-from cnn.errors import CheckpointError
-from cnn.reporting import epoch as epoch_lines
-from cnn.reporting import results as results_lib
-from cnn.reporting import summaries
-from cnn.reporting.epoch import read_rows
-from cnn.runtime import distribute
-from cnn.training import actions as actions_lib
-from cnn import data as data_lib
-from cnn.training import build
-from cnn.training.checkpointer import Checkpointer
-from cnn.training.controller import Controller
-from cnn.training.evaluator import Evaluator
-from cnn.training.protocol import final_evaluation
+from cnn.runtime.console import default_logging, import_tensorflow
+
+import_tensorflow()  # before the imports below load it: the Python API starts as quietly as train.py
+
+from cnn.checkpointing import resume  # noqa: E402
+from cnn.checkpointing.directory import keep_best, write_identity  # noqa: E402
+from cnn.config import Config  # noqa: E402
+from cnn.errors import CheckpointError  # noqa: E402
+from cnn.reporting import epoch as epoch_lines  # noqa: E402
+from cnn.reporting import results as results_lib  # noqa: E402
+from cnn.reporting import summaries  # noqa: E402
+from cnn.reporting.epoch import read_rows  # noqa: E402
+from cnn.runtime import distribute  # noqa: E402
+from cnn.training import actions as actions_lib  # noqa: E402
+from cnn import data as data_lib  # noqa: E402
+from cnn.training import build, ema  # noqa: E402
+from cnn.training.checkpointer import Checkpointer  # noqa: E402
+from cnn.training.controller import Controller  # noqa: E402
+from cnn.training.evaluator import Evaluator  # noqa: E402
+from cnn.training.protocol import final_evaluation  # noqa: E402
+from cnn.text import plural  # noqa: E402
 
 log = logging.getLogger("cnn.training")
 
@@ -47,8 +52,11 @@ def train_and_evaluate(config: Config, workdir: str | Path, started: Optional[fl
     Raises cnn.runtime.stopping.Stopped after a polite stop (SIGINT, SIGTERM) has saved.
     `actions`: more epoch-end actions, called after the run's own (cnn/training/actions.py); one
     that sets `end.stop` ends the run after that epoch, and results.json's status says why.
+    Its lines go to the "cnn" loggers: where nothing configured logging, to stderr.
     """
     started = time.time() if started is None else started
+    default_logging()  # the Python API's lines, where nothing configured logging
+    build.check_builders(config)  # the model's and optimizer's options: one line, before any device or data
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     placement = distribute.create(config)  # before anything runs on the devices (an image folder's decoding)
@@ -111,7 +119,7 @@ class Training:
         done = int(state.step.numpy()) // spe  # rows of epochs past the checkpoint are dropped
         self.rows = [r for r in read_rows(directory / "metrics.csv") if r["epoch"] <= done]
         statistics = build.statistics(config, state, data, self.evaluator.element_spec)
-        self.statistics = actions_lib.RecomputeStatistics(*statistics) if statistics else None
+        self.statistics = self.averaged(actions_lib.RecomputeStatistics(*statistics)) if statistics else None
         self.record = actions_lib.Record(self.rows, directory, workdir) if chief else None
         self.curves = actions_lib.DrawCurves(self.rows, workdir / "learning_curves.png",
                                              config.plot_every_n_minutes) if chief else None
@@ -128,7 +136,7 @@ class Training:
         self.log_epoch = actions_lib.LogEpoch(config, self.evaluator.split, self.record)
         optional = lambda action, on: [action] if on else []
         return [*optional(self.statistics, self.statistics is not None),
-                actions_lib.Evaluate(self.evaluator, self.state, self.rows),
+                self.averaged(actions_lib.Evaluate(self.evaluator, self.state, self.rows)),
                 *optional(actions_lib.Select(self.state, config), self.evaluator.validating),
                 *optional(self.record, chief),
                 # TensorBoard's epoch points flushed before the checkpoint: a kill between them loses none.
@@ -137,12 +145,17 @@ class Training:
                 *optional(self.curves, chief),
                 self.log_epoch]
 
+    def averaged(self, action):
+        """`action` on the weights' moving average when the run keeps one (ema.decay)."""
+        return actions_lib.Averaged(action, self.state) if self.config.ema.decay is not None else action
+
     def fit(self, started: float) -> None:
         c, data = self.controller, self.run.data
         held_out = (f"{len(data.x_val)} held out to validate each epoch" if self.evaluator.validating
                     else "none held out: the test set is evaluated each epoch")
-        log.info("run %s: %d training images (%s), %d steps per epoch, checkpoints in %s", self.run.directory.name,
-                 len(data.x_train), held_out, c.steps_per_epoch, self.run.directory)
+        log.info("run %s: %s (%s), %s per epoch, checkpoints in %s", self.run.directory.name,
+                 plural(len(data.x_train), "training image"), held_out, plural(c.steps_per_epoch, "step"),
+                 self.run.directory)
         log.info("placement: %s", self.placement.describe(self.config.batch_size))
         self.log_epoch.line_end = time.perf_counter()  # an epoch's wall time runs from the previous epoch's line
         end = c.fit(started)
@@ -152,14 +165,15 @@ class Training:
         step, spe = c.step, c.steps_per_epoch  # already trained that far: report the checkpoint as it is
         if step > self.config.epochs * spe:  # not the run asked for: say so rather than report it
             raise CheckpointError(f"{self.run.directory} is trained to epoch {-(-step // spe)} (step {step}), past "
-                                  f"epochs={self.config.epochs}; its results would not be of {self.config.epochs} "
-                                  f"epoch(s). Pass epochs={-(-step // spe)} to report it, mode=eval to evaluate it, or "
+                                  f"epochs={self.config.epochs}; its results would not be of "
+                                  f"{plural(self.config.epochs, 'epoch')}. Pass epochs={-(-step // spe)} to report it, mode=eval to evaluate it, or "
                                   "resume=never to train anew (the old checkpoints are moved aside)")
         log.info("already trained to epoch %d (step %d)%s; evaluating only", -(-step // spe), step,
                  ", where early stopping stopped it" if c.stopped_early else "")
         if self.statistics is not None:
             self.statistics()
-        self.last_evaluation, _ = self.evaluator.evaluate()
+        with ema.averaged(self.state):
+            self.last_evaluation, _ = self.evaluator.evaluate()
         if self.record is not None:
             self.record()
         if self.rows and self.curves is not None:

@@ -1,10 +1,12 @@
-"""The checkpoint directory's lock, where the system has file locking and where it has not."""
+"""The checkpoint directory's lock, where the system has file locking and where it has not; what
+`resume=<path>` may name."""
 
 import logging
 
 import pytest
 
 from cnn.checkpointing import directory as checkpoint
+from cnn.checkpointing.resume import given_checkpoint
 from cnn.errors import CheckpointError
 
 
@@ -23,3 +25,15 @@ def test_without_file_locking_the_directory_is_used_with_a_warning(tmp_path, mon
         with checkpoint.DirectoryLock(tmp_path):
             assert (tmp_path / checkpoint.LOCK_FILE).read_text().isdigit()
     assert "no file locking on this system" in caplog.text
+
+
+def test_resume_must_name_a_checkpoint_prefix_or_a_directory_with_one(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "ckpt-5.index").write_bytes(b"")
+    assert given_checkpoint(str(tmp_path / "run" / "ckpt-5")) == tmp_path / "run" / "ckpt-5"
+    assert given_checkpoint(str(tmp_path / "run")) == tmp_path / "run"
+    with pytest.raises(CheckpointError, match=r"resume=.*ckpt-6: no such checkpoint \(use auto, never"):
+        given_checkpoint(str(tmp_path / "run" / "ckpt-6"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match=r"resume=.*empty: no checkpoint in that directory"):
+        given_checkpoint(str(tmp_path / "empty"))

@@ -1,12 +1,10 @@
 """The loaders on files written in the official formats, their errors, and the pipelines."""
 
 import gzip
-import pickle
-import tarfile
 
 import numpy as np
 import pytest
-from conftest import SAMPLE, make_images, write_idx, write_idx_dataset
+from conftest import SAMPLE, make_images, write_idx, write_idx_dataset, write_image_folder
 
 from cnn import data
 from cnn.data import cifar10, mnist, pipeline
@@ -81,54 +79,44 @@ def test_keras_cache_is_second_in_line(tmp_path, monkeypatch):
     assert data.load("mnist", download=False).x_train.shape == (8, 28, 28, 1)
 
 
-def _cifar_batch(n, seed):
-    rng = np.random.default_rng(seed)
-    return {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-            b"labels": rng.integers(0, 10, n).tolist()}
-
-
-def write_cifar(directory):
-    directory.mkdir(parents=True)
-    batches = {name: _cifar_batch(4, i) for i, name in enumerate(cifar10.CIFAR10_BATCHES)}
-    for name, batch in batches.items():
-        with open(directory / name, "wb") as f:
-            pickle.dump(batch, f)
-    with open(directory / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": [c.encode() for c in cifar10.CIFAR10_CLASSES]}, f)
-    return batches
-
-
-@pytest.mark.parametrize("form", ["dir", "tarball"])
-def test_cifar10(tmp_path, form):
-    batches = write_cifar(tmp_path / "src" / cifar10.CIFAR10_DIR)
-    if form == "tarball":
-        with tarfile.open(tmp_path / cifar10.CIFAR10_TAR, "w:gz") as tar:
-            tar.add(tmp_path / "src" / cifar10.CIFAR10_DIR, arcname=cifar10.CIFAR10_DIR)
-        where = tmp_path
-    else:
-        where = tmp_path / "src"
-    d = data.load("cifar10", str(where))
-    assert d.x_train.shape == (20, 32, 32, 3) and d.x_test.shape == (4, 32, 32, 3)
-    # Channel-major rows: the first 1024 bytes are the red plane.
-    first = batches["data_batch_1"][b"data"][0]
-    np.testing.assert_array_equal(d.x_train[0, :, :, 0].ravel(), first[:1024])
-    np.testing.assert_array_equal(d.x_train[0, :, :, 2].ravel(), first[2048:])
-    assert d.y_test.tolist() == batches["test_batch"][b"labels"]
-
-
-def test_cifar10_corrupt_batch(tmp_path):
-    write_cifar(tmp_path / cifar10.CIFAR10_DIR)
-    (tmp_path / cifar10.CIFAR10_DIR / "data_batch_3").write_bytes(b"not a pickle")
-    with pytest.raises(DataError, match="data_batch_3: not a CIFAR-10 python batch"):
-        data.load("cifar10", str(tmp_path))
-
-
 def test_missing_files_name_what_was_looked_for(tmp_path):
     with pytest.raises(DataError) as e:
         data.load("fashion_mnist", str(tmp_path))
     message = str(e.value)
     assert "train-images-idx3-ubyte" in message and "dataset.data_dir=" in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_a_partial_set_names_only_the_missing_files_and_where_to_put_them(tmp_path, name):
+    directory = write_idx_dataset(tmp_path / "d")
+    for path in directory.glob("train-*"):
+        path.unlink()
+    with pytest.raises(DataError) as e:
+        data.load(name, str(directory))
+    message = str(e.value)
+    assert (f"looked for {directory}/{{train-images-idx3-ubyte,train-labels-idx1-ubyte}}[.gz] "
+            "(the other IDX files are there)") in message
+    assert "t10k" not in message and "pass dataset.data_dir" not in message
+    assert message.endswith(f"Fix: put the missing files in {directory}, or set "
+                            "dataset.data_dir=<the directory that has them>")
+
+
+@pytest.mark.parametrize("contents,reason", [
+    (b"shopping list: eggs", "not a PNG, JPEG, BMP or GIF image"),
+    (b"\xff\xd8\xff cut short", "damaged JPEG data: jpeg::Uncompress failed. Invalid JPEG data or crop window."),
+])
+def test_an_image_folder_file_that_does_not_decode_is_named_in_plain_words(tmp_path, contents, reason):
+    from cnn.config import compose
+
+    root = write_image_folder(tmp_path / "images", per_class=5)
+    (root / "dog" / "notes.png").write_bytes(contents)
+    config = compose("dataset=image_folder", f"dataset.data_dir={root}", "dataset.image_size=[8,8]")
+    with pytest.raises(DataError) as e:
+        data.load_dataset(config.dataset)
+    (line,) = str(e.value).splitlines()
+    assert line.startswith(f"{root / 'dog' / 'notes.png'}: not a decodable image ({reason}); remove it")
+    assert "function_node" not in line and "Op:" not in line
 
 
 def test_no_network_gives_one_clear_line(monkeypatch):

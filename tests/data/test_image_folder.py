@@ -148,7 +148,7 @@ def test_a_file_that_does_not_decode_is_named_and_skipped_only_when_asked(folder
     with caplog.at_level("WARNING"):
         data = load(folder, "dataset.skip_bad_files=true", "dataset.image_size=[16,16]", "dataset.cache=none",
                     cache_dir=tmp_path / "c")
-    assert "skipped 1 file(s)" in caplog.text and "broken.jpg" in caplog.text
+    assert "skipped 1 file (not decodable)" in caplog.text and "broken.jpg" in caplog.text
     assert len(data.x_train) + len(data.x_test) == 36
     assert not any("broken" in p for p in data.x_train.paths)
     # The size and colour a run is not told come from the first training image that decodes.
@@ -162,7 +162,7 @@ def test_a_file_that_does_not_decode_is_named_and_skipped_only_when_asked(folder
 @pytest.mark.parametrize("make,override,message", [
     (lambda root: None, "", r"images: no such directory"),
     (lambda root: root.mkdir(), "", r"the folder is empty"),
-    (lambda root: write_image_folder(root, classes=("only",)), "", r"1 class folder\(s\) \(only\).*two or more"),
+    (lambda root: write_image_folder(root, classes=("only",)), "", r"1 class folder \(only\).*two or more"),
     (lambda root: (write_image_folder(root), (root / "fox").mkdir()), "",
      r"fox: class 'fox' has no images"),
     (lambda root: write_image_folder(root, per_class=1), "", r"test_split=0.2: class 'cat' has 1 image"),
@@ -215,7 +215,7 @@ def test_a_folder_trains_and_its_export_predicts_what_the_checkpoint_does(tmp_pa
     proc = train(tmp_path, *settings, "hydra.run.dir=train")
     log = proc.stdout + proc.stderr
     assert "3 classes (cat, dog, eel), 30 training and 6 test images, 16x16x3, cache=none" in log
-    assert "skipped 1 file(s) that do not decode, e.g." in log and "broken.png" in log
+    assert "skipped 1 file (not decodable), e.g." in log and "broken.png" in log
     trained = json.loads((tmp_path / "train" / "results.json").read_text())
     assert trained["test_accuracy"] == 1.0  # the bands are easy: it learns them
     train(tmp_path, *settings, "mode=eval", "hydra.run.dir=eval")
@@ -264,7 +264,7 @@ def test_a_bad_folder_on_the_command_line_is_one_line_and_writes_nothing(tmp_pat
                  f"dataset.cache_dir={tmp_path / 'cache'}", "hydra.run.dir=run", check=False)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "Traceback" not in output
-    (line,) = [l for l in output.splitlines() if "ERROR" in l]
+    (line,) = [l for l in output.splitlines() if l.startswith("error: ")]
     assert "dog/broken.jpg: not a decodable image" in line and "dataset.skip_bad_files=true" in line
     assert not (tmp_path / "checkpoints").exists()
 
@@ -287,3 +287,24 @@ def test_every_cache_trains_to_the_same_weights_and_numbers(folder, tmp_path):
             tmp_path / "memory" / "metrics.csv")
         for key in ("test_accuracy", "test_loss", "val_loss", "weights_digest"):
             assert results[cache][key] == results["memory"][key], key
+
+
+@pytest.mark.parametrize("cache", ["disk", "none"])
+def test_a_cache_that_cannot_be_written_is_one_line_and_leaves_no_part_of_itself(tmp_path, folder, monkeypatch, cache):
+    import errno
+    from pathlib import Path
+
+    from cnn.errors import WriteError
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    # disk: reserving the pixel file's space; none: writing the record of the check
+    monkeypatch.setattr(*(os, "posix_fallocate") if cache == "disk" else (Path, "write_text"), refuse)
+    cache_dir = tmp_path / "cache"
+    with pytest.raises(WriteError, match=f"^cannot write {cache_dir}/[0-9a-f]+: no space left on the device "
+                                         r"\(ENOSPC\); no partial cache is left\. Free space there and rerun the "
+                                         r"command, or pass dataset.cache_dir=<a directory with room> or "
+                                         r"dataset.cache=memory$"):
+        load(folder, "dataset.image_size=[16,16]", f"dataset.cache={cache}", cache_dir=cache_dir)
+    assert list(cache_dir.iterdir()) == []

@@ -25,7 +25,7 @@ def test_tutorial_cnn_outputs_logits():
 
 def test_unknown_model_lists_the_known_ones():
     with pytest.raises(ConfigError) as e:
-        create_model("resnet", (28, 28, 1), 10)
+        create_model("no_such_model", (28, 28, 1), 10)
     for name in MODELS:
         assert name in str(e.value)
 
@@ -153,10 +153,65 @@ def test_untracked_layers_are_refused():
 
 
 def test_ensemble_of_an_unknown_member():
-    with pytest.raises(ConfigError, match="model.members=resnet"):
-        create_model("ensemble", (28, 28, 1), 10, members="resnet")
+    with pytest.raises(ConfigError, match="model.members=no_such_model"):
+        create_model("ensemble", (28, 28, 1), 10, members="no_such_model")
 
 
 def test_an_option_the_model_does_not_take_is_an_error():
     with pytest.raises(ConfigError, match=r"model.size=3: book_cnn does not take it \(its options: dropout\)"):
         create_model("book_cnn", (28, 28, 1), 10, size=3)
+
+
+def trainable_count(model):
+    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+def test_resnets_have_the_papers_sizes():
+    # ResNet-20 with option A shortcuts: 0.27M (He et al. Table 6), counted layer by layer:
+    # stem 432 + stages 13,824 + 50,688 + 202,752 + batch norm 1,376 + logits 650.
+    assert trainable_count(create_model("resnet", (32, 32, 3), 10)) == 269_722
+    assert trainable_count(create_model("resnet", (32, 32, 3), 10, shortcut="projection")) == 272_474
+    assert trainable_count(create_model("preact_resnet", (32, 32, 3), 10)) == 269_722
+    assert round(trainable_count(create_model("resnet", (32, 32, 3), 10, depth=56)) / 1e6, 2) == 0.85  # ResNet-56
+    wrn = create_model("wide_resnet", (32, 32, 3), 10, depth=16, widen=4)
+    assert round(trainable_count(wrn) / 1e6, 1) == 2.7  # WRN-16-4 (Zagoruyko and Komodakis, Table 4)
+    resnet20 = create_model("resnet", (28, 28, 1), 10)
+    pooled = [l for l in resnet20.layers if "pooling" in l.name][0]
+    assert tuple(pooled.input.shape) == (None, 7, 7, 64)  # 28 -> 14 -> 7 over three stages
+
+
+@pytest.mark.parametrize("model,options,wanted", [("resnet", {"depth": 21}, "depth = 6n[+]2"),
+                                                   ("wide_resnet", {"depth": 20}, "depth = 6n[+]4"),
+                                                   ("preact_resnet", {"shortcut": "B"}, "pad .option A.")])
+def test_a_depth_or_shortcut_the_network_cannot_have_is_one_line_before_building(model, options, wanted):
+    from cnn.models import MODELS
+
+    with pytest.raises(ConfigError, match=wanted):
+        MODELS.check({"name": model, **options})
+
+
+@pytest.mark.parametrize("name,options", [("resnet", {"depth": 8}),
+                                          ("preact_resnet", {"depth": 8, "shortcut": "projection"}),
+                                          ("wide_resnet", {"depth": 10, "widen": 2, "dropout": 0.3})])
+def test_residual_networks_train_a_step_and_round_trip_through_an_export(name, options, tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from cnn.serving.export import write_export
+    from cnn.training.state import TrainState
+    from cnn.training.steps import train_step
+
+    keras.utils.set_random_seed(0)
+    state = TrainState(create_model(name, (28, 28, 1), 10, **options), keras.optimizers.SGD(0.1, momentum=0.9))
+    rng = np.random.default_rng(0)
+    images, labels = rng.random((8, 28, 28, 1), np.float32), rng.integers(0, 10, 8)
+    before = [w.numpy().copy() for w in state.model.trainable_weights]
+    loss, _, _ = train_step(state.model, state.optimizer, (images, labels))
+    assert np.isfinite(float(loss))
+    assert all(not np.array_equal(b, w.numpy()) for b, w in zip(before, state.model.trainable_weights))
+    out = write_export(state.model, (28, 28, 1), [str(i) for i in range(10)], tmp_path / "export", {})
+    served = tf.saved_model.load(str(out / "saved_model")).signatures["serving_default"]
+    pixels = (images * 255).astype(np.uint8)
+    expected = tf.nn.softmax(state.model(pixels.astype(np.float32) / 255, training=False)).numpy()
+    np.testing.assert_allclose(served(images=tf.constant(pixels))["probabilities"].numpy(), expected, atol=1e-5)
+    assert keras.saving.load_model(out / "model.keras") is not None  # the option A shortcut serializes

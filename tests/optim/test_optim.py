@@ -75,7 +75,25 @@ def test_the_group_on_the_command_line_and_the_identity_of_old_runs():
         compose("optimizer=rmsprop")
 
 
-def test_sgd_with_momentum_weight_decay_and_warmup_resumes_bitwise_after_sigkill(tmp_path):
+def test_sgd_with_momentum_weight_decay_warmup_and_cutmix_resumes_bitwise_after_sigkill(tmp_path):
+    # He et al.'s recipe in small (the wide network with dropout and the cutmix batches ride along).
     sigkill_then_rerun(tmp_path, [*SAMPLE_RUN, "optimizer=sgd", "lr=0.05", "optimizer.nesterov=true",
                                   "optimizer.weight_decay=5e-4", "schedule.warmup_epochs=1", "schedule.name=step",
-                                  "schedule.milestones=[2]", "checkpoint.every_n_steps=5", "checkpoint.keep=2"])
+                                  "schedule.milestones=[2]", "checkpoint.every_n_steps=5", "checkpoint.keep=2",
+                                  "model=wide_resnet", "model.depth=10", "model.widen=1", "model.dropout=0.2",
+                                  "cutmix.alpha=1.0", "cutmix.probability=0.5"])
+
+
+def test_resnet20_cifar10_is_he_et_als_recipe_in_iterations():
+    from cnn.data.base import steps_per_epoch
+    from cnn.optim.schedules import SCHEDULES
+
+    config = compose("+experiment=resnet20_cifar10")
+    spe = steps_per_epoch(45_000, config.batch_size)  # the 50,000 training images less the 5,000 held out
+    assert (spe, config.dataset.validation_split, config.model["depth"], config.dataset.pad) == (352, 0.1, 20, 4)
+    assert config.optimizer == {"name": "sgd", "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4,
+                                "global_clipnorm": None}
+    schedule = SCHEDULES["step"](config.lr, config.schedule, spe)
+    rates = [float(schedule(step)) for step in (0, 31_999, 32_000, 47_999, 48_000)]
+    np.testing.assert_allclose(rates, [0.1, 0.1, 0.01, 0.01, 0.001], rtol=1e-6)  # /10 at 32k and 48k iterations
+    assert abs(config.epochs * spe - 64_000) < spe  # stopping at 64k

@@ -1,8 +1,11 @@
 """What a run reports: TensorBoard summaries at their cadence, results.json fields, portability."""
 
 import builtins
+import io
+import logging
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import tensorflow as tf
 from helpers import make_config
@@ -10,7 +13,9 @@ from helpers import make_config
 from cnn.reporting import epoch, history, summaries
 from cnn.reporting import results as results_lib
 from cnn.sweeps.report_callback import tensorboard_command
+from cnn.text import plural
 from cnn.training import train as training
+from cnn.training.controller import BAR_LINE, Progress
 
 
 def scalar_steps(directory: Path, tag: str) -> list[int]:
@@ -165,3 +170,44 @@ def test_the_epoch_line_names_time_outside_the_parts():
     short = {"seconds": 1.0, "evaluation_seconds": 0.1, "checkpoint_seconds": 0.0, "reporting_seconds": 0.0}
     assert epoch.unaccounted_note({**short, "wall_seconds": 1.5}) == ""  # under half a second
     assert epoch.unaccounted_note(row) == ""  # rows written before wall times were
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_log_line_while_the_progress_bar_shows_starts_a_line_of_its_own(monkeypatch):
+    """The bar leaves its line open for its next update: a log line must not be glued to it."""
+    out, console, log = Terminal(), logging.StreamHandler(), logging.getLogger("cnn.test_progress")
+    monkeypatch.setattr(sys, "stdout", out)
+    console.setStream(out)
+    console.setFormatter(logging.Formatter("[log] %(message)s"))
+    monkeypatch.setattr(log, "level", logging.INFO)
+    metric = SimpleNamespace(result=lambda: 0.5)
+    progress = Progress(None, SimpleNamespace(loss=metric, accuracy=metric), 18)  # None: shown on a terminal
+    logging.getLogger().addHandler(console)
+    try:
+        progress.start(0)
+        log.info("first 18 steps done")
+        progress.update(9, 9)
+        log.info("saved a checkpoint")
+        progress.update(18, 9)  # the epoch's end: the bar ends its own line
+        log.info("epoch 1/1")
+        assert BAR_LINE not in console.filters  # nothing left on the handler once the bar has ended
+    finally:
+        logging.getLogger().removeHandler(console)
+    text = out.getvalue()
+    assert "18/18" in text and "loss: 0.5000" in text  # the bar was drawn
+    logged = [line for line in text.split("\n") if "[log]" in line]
+    assert logged == ["[log] first 18 steps done", "[log] saved a checkpoint", "[log] epoch 1/1"]
+    assert "\n\n" not in text  # and no empty line: the bar's own line end is not doubled
+
+
+def test_counts_read_in_the_singular_and_the_plural(caplog):
+    assert (plural(1, "epoch"), plural(3, "epoch"), plural(0, "step")) == ("1 epoch", "3 epochs", "0 steps")
+    assert (plural(1, "class", "classes"), plural(2, "class", "classes")) == ("1 class", "2 classes")
+    caplog.set_level(logging.INFO, "cnn.reporting")
+    epoch.log_results({"selected": {}, "last": {}, "protocol": "test", "test_accuracy": 0.5, "test_loss": 1.0,
+                       "steps": 1})
+    assert "test accuracy 0.5000, test loss 1.0000 after 1 step (" in caplog.text

@@ -59,6 +59,8 @@ def test_report_entry_point_writes_the_report_ranked_by_objective(sweep):
     assert [(r["job"], r["lr"]) for r in rows] == [("1", "0.01"), ("2", "0.001"), ("0", "0.1"), ("3", "1e30")]
     assert "| 1 | 0.01 | started | 0.9500 |" in proc.stdout  # the report.md it printed
     assert (sweep / "report.md").read_text() in proc.stdout
+    *_, last = proc.stdout.strip().splitlines()  # then where it is
+    assert last == f"report: {sweep / 'report.md'} (beside it: report.csv, objective_vs_lr.png, learning_curves.png)"
     assert_png(sweep / "objective_vs_lr.png", 500, 350)
     assert_png(sweep / "learning_curves.png", 1000, 380)
 
@@ -152,7 +154,7 @@ def test_sweep_callback_writes_the_report_and_fails_the_sweep_on_a_failed_job(sw
     with pytest.raises(SystemExit) as exit_info:
         SweepReport().on_multirun_end(config)
     assert exit_info.value.code == 1
-    assert "1 of 4 jobs failed (jobs 3)" in caplog.text
+    assert "1 of 4 jobs failed (job 3)" in caplog.text
     assert (sweep / "report.md").exists() and (sweep / "learning_curves.png").exists()
 
 
@@ -183,3 +185,20 @@ def test_a_searchs_drawn_values_get_readable_ticks():
     assert ax.get_xscale() == "log"
     labels = [label.get_text() for label in ax.get_xticklabels()]
     assert labels == ["$\\mathdefault{10^{-4}}$", "$\\mathdefault{10^{-3}}$", "$\\mathdefault{10^{-2}}$"]
+
+
+def test_a_one_job_sweep_keeps_its_settings_in_the_table_and_the_legend(tmp_path):
+    """Nothing differs between jobs when there is one: its overrides are still what the sweep set."""
+    fake_job(tmp_path, 0, ["lr=0.01", "epochs=1"], {"status": "started", "test_accuracy": 0.9, "epochs": 1}, (0.5,))
+    jobs = report.collect(tmp_path)
+    header, rows = report.table(jobs)
+    assert header[:3] == ["job", "epochs (override)", "lr"] and "epochs" in header  # the metric: epochs trained
+    assert rows[0][:3] == ["0", "1", "0.01"]
+    loss_ax, acc_ax = report.curves_figure(jobs).axes
+    assert [t.get_text() for t in acc_ax.get_legend().get_texts()] == ["epochs=1 lr=0.01"]
+    for ax in (loss_ax, acc_ax):  # one epoch: a disc at a whole epoch's tick
+        low, high = ax.get_xlim()
+        assert [t for t in ax.get_xticks() if low <= t <= high] == [1] and ax.lines[0].get_marker() == "o"
+    assert report.objective_keys(jobs) == []  # one point against a key says nothing
+    fake_job(tmp_path, 1, ["epochs=1"], {"status": "started", "test_accuracy": 0.8}, (0.6,))
+    assert report.job_label(report.collect(tmp_path)[1], []) == "job 1"

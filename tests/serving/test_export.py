@@ -1,8 +1,11 @@
 """mode=export and `python -m cnn.tools.predict`: a trained run as a SavedModel that needs only TensorFlow."""
 
+import errno
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -14,6 +17,7 @@ from helpers import env, train
 from cnn import data as data_lib
 from cnn.checkpointing.resume import restore_chosen
 from cnn.config import compose
+from cnn.errors import WriteError
 from cnn.models import create_model
 from cnn.serving import export
 from cnn.tools import predict
@@ -47,7 +51,7 @@ def test_export_then_predict_in_a_fresh_process_gives_the_checkpoints_classes(tm
     assert proc.returncode == 0, proc.stderr
     predicted = json.loads(proc.stdout)
     assert [r["path"] for r in predicted] == [str(p) for p in paths]
-    assert proc.stderr.strip() == f"note: {paths[-1]}: 3 channel(s) converted to 1, as the model takes"
+    assert proc.stderr.strip() == f"note: {paths[-1]}: 3 channels converted to 1, as the model takes"
 
     # The checkpoint the export chose, on the same images, in this process.
     config = compose(*[s for s in settings if not s.startswith("checkpoint.dir")], f"checkpoint.dir={tmp_path / 'ckpt'}")
@@ -97,7 +101,7 @@ def test_predict_prints_one_line_per_image(tmp_path, small_export, capsys):
     lines = out.splitlines()
     assert len(lines) == 4 and all(line.startswith(f"{p}\t") for line, p in zip(lines, [*paths, big]))
     assert all(len(line.split("\t")[1].split(", ")) == 2 for line in lines)
-    assert f"note: {big}: 3 channel(s) converted to 1" in err and f"note: {big}: resized from 20x16 to 8x8" in err
+    assert f"note: {big}: 3 channels converted to 1" in err and f"note: {big}: resized from 20x16 to 8x8" in err
 
 
 @pytest.mark.parametrize("case,message", [
@@ -124,7 +128,7 @@ def test_predict_bad_input_is_one_line_and_prints_no_prediction(tmp_path, small_
 def test_export_without_a_trained_run_is_one_line(tmp_path, tiny_data):
     proc = train(tmp_path, f"dataset.data_dir={tiny_data}", "mode=export", "checkpoint.dir=nothing", check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
-    (line,) = [line for line in (proc.stdout + proc.stderr).splitlines() if "ERROR" in line]
+    (line,) = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error: ")]
     assert "mode=export: no checkpoint in nothing; train first" in line
 
 
@@ -145,3 +149,53 @@ def test_a_dataset_written_out_as_class_folders_keeps_every_pixel(tmp_path, tiny
     assert to_folder.main([str(out), "--data-dir", str(tiny_data)]) == 1  # never into an existing directory
     assert "exists; give a new directory" in capsys.readouterr().err
     assert to_folder.folder_name("T-shirt/top") == "T-shirt-top"
+
+
+def enospc_on_save(module, path, **kwargs):
+    """tf.saved_model.save on a full disk: part of the SavedModel written, then TensorFlow's error."""
+    Path(path, "variables").mkdir(parents=True)
+    Path(path, "variables", "variables.data-00000-of-00001").write_bytes(b"\0" * 100)
+    raise tf.errors.ResourceExhaustedError(None, None, f"{path}/variables/variables_temp/part-00000; "
+                                           "No space left on device [Op:SaveV2]")
+
+
+def good_export(directory):
+    """An export already there, as a previous `mode=export` left it."""
+    (directory / "saved_model").mkdir(parents=True)
+    (directory / "export.json").write_text('{"step": 18}\n')
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
+
+
+@pytest.mark.parametrize("failing", ["saved_model", "model.keras", "rename"])
+def test_an_export_that_cannot_write_keeps_the_previous_one_and_leaves_no_partial_one(tmp_path, monkeypatch,
+                                                                                        failing):
+    out = tmp_path / "export"
+    before = good_export(out)
+    if failing == "saved_model":
+        monkeypatch.setattr(tf.saved_model, "save", enospc_on_save)
+    else:  # the SavedModel written (quickly, for the test), then the .keras file or the final rename fails
+        monkeypatch.setattr(tf.saved_model, "save", lambda module, path, **kwargs: Path(path).mkdir())
+    if failing == "model.keras":
+        monkeypatch.setattr(keras.Model, "save", lambda *a, **k: (_ for _ in ()).throw(
+            OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))))
+    real_rename = Path.rename
+
+    def rename(self, target):
+        if failing == "rename" and self.name == "export.partial":
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    reason = r"permission denied \(EACCES\)" if failing == "rename" else r"no space left on the device \(ENOSPC\)"
+    with pytest.raises(WriteError, match=f"^cannot write {out}: {reason}; the previous export there is kept. "):
+        export.write_export(create_model("book_cnn", (8, 8, 1), 3), (8, 8, 1), ["x", "y", "z"], out, {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no export.partial, no export.previous
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    assert (out / "export.json").read_text() == '{"step": 18}\n'
+
+
+def test_a_first_export_that_cannot_write_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(tf.saved_model, "save", enospc_on_save)
+    with pytest.raises(WriteError, match=r"/export: no space left on the device \(ENOSPC\); no partial export is left"):
+        export.write_export(create_model("book_cnn", (8, 8, 1), 3), (8, 8, 1), ["x", "y", "z"], tmp_path / "export", {})
+    assert list(tmp_path.iterdir()) == []

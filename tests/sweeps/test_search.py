@@ -95,7 +95,7 @@ def test_two_workers_share_one_study_then_a_rerun_says_it_is_finished(tmp_path, 
     rerun = train(tmp_path, *search(tiny_data, "hydra.sweeper.n_trials=3", "epochs=1"), "hydra.sweep.dir=rerun")
     text = rerun.stdout + rerun.stderr
     best = study(tmp_path).best_trial
-    assert f"3 complete and 0 pruned of 3 trials; this invocation ran 0; best: trial {best.number}" in text
+    assert f"3 of 3 trials complete; this invocation ran 0 trials; best: trial {best.number}" in text
     assert not list((tmp_path / "rerun").glob("*/results.json"))
 
 
@@ -115,7 +115,7 @@ def test_a_pruned_trial_stops_saved_and_is_not_trained_again(tmp_path, tiny_data
         assert results["checkpoint"].endswith(f"ckpt-{results['steps']}")
     assert "2 pruned" in proc.stdout + proc.stderr and "pruned" in (tmp_path / "first" / "report.md").read_text()
     rerun = train(tmp_path, *settings, "hydra.sweep.dir=second")
-    assert "0 complete and 2 pruned of 2 trials; this invocation ran 0" in rerun.stdout + rerun.stderr
+    assert "0 of 2 trials complete, 2 pruned; this invocation ran 0 trials" in rerun.stdout + rerun.stderr
 
 
 @pytest.mark.slow

@@ -110,6 +110,21 @@ def test_learning_curves_are_redrawn_at_most_every_n_minutes_and_at_the_end(tmp_
     png(tmp_path / "run" / "learning_curves.png", 1000, 380)
 
 
+@pytest.mark.parametrize("epochs, ticks", [(1, [1]), (3, [1, 2, 3]), (5, [1, 2, 3, 4, 5]),
+                                           (25, [5, 10, 15, 20, 25])])
+def test_learning_curves_tick_whole_epochs_and_show_a_single_one(epochs, ticks):
+    """Never 0.96 ... 1.04 around one epoch, or halves for a few; one epoch's points are discs, not dots."""
+    rows = [{"epoch": e, "loss": 1 / e, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.6}
+            for e in range(1, epochs + 1)]
+    fig = plots.learning_curves_figure(rows)
+    for ax in fig.axes:
+        low, high = ax.get_xlim()
+        assert (low, high) == (0.5, epochs + 0.5)
+        assert [t for t in ax.get_xticks() if low <= t <= high] == ticks
+        assert {line.get_marker() for line in ax.lines} == ({"o"} if epochs == 1 else {"."})
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["train", "validation"]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     where = tmp_path_factory.mktemp("trained")
@@ -127,6 +142,18 @@ def test_evaluation_plots(trained, tmp_path):
     png(tmp_path / "per_class_accuracy.png", 650, 350)
     wrong = min(32, 500 - np.trace(matrix))  # shown 8 to a row, 180 pixels each
     png(tmp_path / "misclassified.png", 1280, 180 * -(-wrong // 8))
+
+
+def test_misclassified_images_are_named_by_their_file_when_they_have_one():
+    wrong, predictions, labels, classes = np.array([0, 2]), np.array([1, 0, 0]), np.array([0, 0, 1]), ("Bag", "Shirt")
+    names = ["test/Shirt/00004.png", "test/Bag/00001.png", "train/Ankle boot/deep/folders/of/0000012.png"]
+    first, long = plots.misclassified_titles(wrong, predictions, labels, classes, names)
+    assert first == "test/Shirt/00004.png\nShirt (true Bag)"
+    shown, truth = long.split("\n")
+    assert len(shown) == plots.TITLE_CHARACTERS and shown.startswith("...") and names[2].endswith(shown[3:])
+    assert shown.endswith("folders/of/0000012.png") and truth == "Bag (true Shirt)"  # the file and its folders
+    assert plots.misclassified_titles(wrong, predictions, labels, classes) == [  # no files (MNIST): test set indices
+        "#0 Shirt\n(true Bag)", "#2 Bag\n(true Shirt)"]
 
 
 def test_feature_maps_of_a_checkpoint_go_next_to_it(trained, tmp_path):
@@ -161,3 +188,27 @@ def test_layer_outputs_shapes_of_a_fresh_model():
     model, data = visualize.load_model(None, "bn_cnn", "mnist", str(SAMPLE))
     shapes = [maps.shape for _, maps in visualize.layer_outputs(model, data.x_test[0] / 255.0)]
     assert shapes == [(28, 28, 32), (14, 14, 32), (14, 14, 64), (7, 7, 64), (7, 7, 128), (4, 4, 128)]
+
+
+def test_an_image_folders_misclassified_images_are_named_by_their_files(tmp_path, monkeypatch):
+    """So that a user can find them: each title's first line is the file, relative to the folder."""
+    from PIL import Image
+
+    from cnn import data as data_lib
+    from cnn.config import compose
+
+    for i in range(12):
+        path = tmp_path / "folder" / ("cats" if i % 2 else "dogs") / f"img {i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8), 20 * i, np.uint8)).save(path)
+    config = compose("dataset=image_folder", f"dataset.data_dir={tmp_path / 'folder'}", "dataset.test_split=0.5",
+                     f"dataset.cache_dir={tmp_path / 'cache'}")
+    data = data_lib.load_dataset(config.dataset)
+    titles = []
+    monkeypatch.setattr(plots, "image_grid", lambda images, shown, path, columns=8: titles.extend(shown))
+    evaluation.evaluation_plots(data, (data.y_test + 1) % 2, tmp_path)  # every one wrong
+    assert len(titles) == len(data.y_test) == 6
+    for title, label in zip(titles, data.y_test):
+        name, verdict = title.split("\n")
+        assert (tmp_path / "folder" / name).is_file() and name.split("/")[0] == data.class_names[label]
+        assert verdict.endswith(f"(true {data.class_names[label]})")

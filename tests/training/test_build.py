@@ -7,7 +7,7 @@ import tensorflow as tf
 from helpers import assert_same_checkpoint, make_config
 
 from cnn.training import build, train
-from cnn.errors import CheckpointError
+from cnn.errors import CheckpointError, ConfigError
 
 
 def test_resume_from_a_directory_takes_its_latest_checkpoint(tmp_path):
@@ -36,6 +36,23 @@ def test_a_rejected_run_leaves_no_directory(tmp_path):
     with pytest.raises(CheckpointError, match="resume=maybe: no such checkpoint"):
         train.train_and_evaluate(make_config(tmp_path, resume="maybe"), tmp_path / "run")
     assert not (tmp_path / "ckpt").exists()
+
+
+def test_a_mistyped_resume_path_is_refused_on_a_run_that_has_checkpoints(tmp_path):
+    train.train_and_evaluate(make_config(tmp_path), tmp_path / "run")  # its own checkpoints, 18 steps
+    for epochs in (1, 2):  # finished (its results would be reported) and not (its own would be resumed)
+        with pytest.raises(CheckpointError, match="resume=/no/such/ckpt-5: no such checkpoint"):
+            train.train_and_evaluate(make_config(tmp_path, epochs=epochs, resume="/no/such/ckpt-5"), tmp_path / "again")
+    assert [p.name for p in (tmp_path / "ckpt").glob("ckpt-*.index")] == ["ckpt-18.index"]
+
+
+def test_an_option_the_model_does_not_take_is_refused_before_the_devices_and_the_data(tmp_path, monkeypatch):
+    touched = []
+    monkeypatch.setattr(train.distribute, "create", lambda config: touched.append("devices"))
+    monkeypatch.setattr(build.data_lib, "load_dataset", lambda dataset: touched.append("data"))
+    with pytest.raises(ConfigError, match=r"model\.size=3: book_cnn does not take it"):
+        train.train_and_evaluate(make_config(tmp_path, "+model.size=3"), tmp_path / "run")
+    assert touched == [] and not (tmp_path / "run").exists()
 
 
 def test_a_failed_run_keeps_a_directory_it_did_not_create(tmp_path):

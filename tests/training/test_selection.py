@@ -52,7 +52,7 @@ def test_the_split_is_stratified_disjoint_deterministic_and_ignores_the_seed():
 
 def test_a_class_too_small_to_split_is_one_clear_line():
     labels = np.array([0, 0, 0, 1], np.int32)
-    with pytest.raises(DataError, match=r"validation_split=0.1: class 1 \('1'\) has 1 training image\(s\)"):
+    with pytest.raises(DataError, match=r"validation_split=0.1: class 1 \('1'\) has 1 training image, too few"):
         data.split_validation(numbered(4, labels), 0.1)
 
 
