@@ -191,6 +191,9 @@ def _regularizer_checks(config: Config) -> list[tuple[bool, str]]:
         (not (mix.alpha and cut.alpha), f"mixup.alpha={mix.alpha} and cutmix.alpha={cut.alpha}: choose one of them "
                                         "(set the other's alpha to 0)"),
         (ema is None or 0 < ema < 1, f"ema.decay={ema}: must be in (0, 1), e.g. 0.999, or null (off)"),
+        (ema is None or config.precise_bn.batches > 0,
+         "ema.decay needs precise_bn.batches > 0: the averaged weights need batch-norm statistics of their own "
+         "(the moving averages are the trained weights')"),
     ]
 
 

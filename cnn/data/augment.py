@@ -57,7 +57,8 @@ def paste(images, boxes, fill):
 
 def erasing_boxes(seed, n, height: int, width: int, probability: float, area, aspect):
     """Zhong et al.'s random erasing: with `probability`, a rectangle of a uniform share of the
-    image's `area` (low, high) and of aspect ratio (height / width) log-uniform in `aspect`,
+    image's `area` (low, high) and of aspect ratio (height / width) log-uniform in `aspect` (as
+    timm draws it, symmetric in height and width; the paper draws it uniformly),
     placed uniformly where it fits; the first of ERASING_ATTEMPTS draws that fits, else none.
     Returns int32 (n, 4) boxes (top, left, bottom, right); an empty box erases nothing."""
     seeds = tf.random.experimental.stateless_split(seed, 5)
@@ -91,9 +92,9 @@ def mix_weight(seed, alpha: float, probability: float):
     """The share lambda of a batch's own images in a mix: Beta(alpha, alpha) with
     `probability`, else 1 (no mix). One per batch, as Zhang et al. and Yun et al. draw it."""
     g = tf.random.stateless_gamma([2], seed, alpha=alpha)
-    lam = g[0] / (g[0] + g[1])
+    lam = tf.math.divide_no_nan(g[0], g[0] + g[1])  # both draws can underflow to 0 for a small alpha
     used = tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(seed, 1)) < probability
-    return tf.where(used, lam, 1.0)
+    return tf.where(used & (g[0] + g[1] > 0), lam, 1.0)
 
 
 def mixup(images, targets, lam):
@@ -150,7 +151,8 @@ class Regularizers:
             images = crop(images, seeds[0], self.pad, self.flip)
         if self.erasing[0]:
             boxes = erasing_boxes(seeds[1], n, height, width, *self.erasing)
-            images = paste(images, boxes, tf.random.stateless_uniform(tf.shape(images), seeds[1]))
+            noise_seed = tf.random.experimental.stateless_fold_in(seeds[1], 1)  # apart from the boxes' draws
+            images = paste(images, boxes, tf.random.stateless_uniform(tf.shape(images), noise_seed))
         if self.cutout:
             images = paste(images, cutout_boxes(seeds[2], n, height, width, self.cutout), 0.0)
         if not self.soft_targets:

@@ -22,9 +22,13 @@ from cnn.models.registry import register_model
 STAGE_FILTERS = (16, 32, 64)
 
 
-def conv3x3(filters, stride=1):
-    return layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False,  # BN has the bias
-                         kernel_initializer="he_normal")
+def conv3x3(x, filters, stride=1):
+    """A 3x3 convolution, "same" padded (no bias: batch norm has one). Strided, Keras pads the
+    bottom and right only, so output pixel i is centred on input pixel 2i + 1 while the
+    shortcuts (`x[::2]`, a strided 1x1 convolution) take pixel 2i, as in Keras' own CIFAR
+    ResNet example; the papers' Torch code pads both sides and centres it on 2i."""
+    return layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False,
+                         kernel_initializer="he_normal")(x)
 
 
 @keras.saving.register_keras_serializable(package="cnn")
@@ -55,23 +59,25 @@ def shortcut(x, filters, stride, kind, momentum):
 
 def basic_block(x, filters, stride, kind, momentum):
     """conv-BN-ReLU-conv-BN, plus the shortcut, then ReLU (the original block)."""
-    y = conv3x3(filters, stride)(x)
+    y = conv3x3(x, filters, stride)
     y = layers.ReLU()(BatchNormalization(momentum=momentum)(y))
-    y = BatchNormalization(momentum=momentum)(conv3x3(filters)(y))
+    y = BatchNormalization(momentum=momentum)(conv3x3(y, filters))
     return layers.ReLU()(layers.Add()([y, shortcut(x, filters, stride, kind, momentum)]))
 
 
-def preact_block(x, filters, stride, kind, momentum, dropout=0.0):
+def preact_block(x, filters, stride, kind, momentum, dropout=0.0, first=False):
     """BN-ReLU-conv-BN-ReLU-conv, plus the shortcut; `dropout` between the convolutions (Wide
-    ResNets). A projection shortcut takes the pre-activated input, as in the paper's code."""
+    ResNets). A projection shortcut takes the pre-activated input, as in the paper's code, and
+    so does the network's `first` block (He et al. 2016b, appendix: the first activation right
+    after the stem, before the two paths split)."""
     pre = layers.ReLU()(BatchNormalization(momentum=momentum)(x))
-    y = conv3x3(filters, stride)(pre)
+    y = conv3x3(pre, filters, stride)
     y = layers.ReLU()(BatchNormalization(momentum=momentum)(y))
     if dropout:
         y = layers.Dropout(dropout)(y)
-    y = conv3x3(filters)(y)
+    y = conv3x3(y, filters)
     if stride == 1 and x.shape[-1] == filters:
-        skip = x
+        skip = pre if first else x
     elif kind == "pad":
         skip = PadShortcut(filters, stride)(x)
     else:
@@ -95,13 +101,14 @@ def shortcut_rule(kind):
 def residual_network(input_shape, num_classes, *, blocks, widths, block, preact, kind, momentum, name, **extra):
     """Stem, three stages of `blocks` blocks each of `widths`, pooling and logits."""
     inputs = keras.Input(input_shape)
-    x = conv3x3(16)(inputs)
+    x = conv3x3(inputs, 16)
     if not preact:
         x = layers.ReLU()(BatchNormalization(momentum=momentum)(x))
     for stage, filters in enumerate(widths):
         for i in range(blocks):
             stride = 2 if stage > 0 and i == 0 else 1
-            x = block(x, filters, stride, kind, momentum, **extra)
+            first = {"first": stage == 0 and i == 0} if preact else {}
+            x = block(x, filters, stride, kind, momentum, **extra, **first)
     if preact:  # the last block's sum is not normalized yet
         x = layers.ReLU()(BatchNormalization(momentum=momentum)(x))
     x = layers.GlobalAveragePooling2D()(x)

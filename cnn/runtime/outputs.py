@@ -103,9 +103,12 @@ def write_failure(error: BaseException) -> Optional[str]:
     """One line for a write the file system refused where no step says what it kept (TensorBoard's
     events written as a run goes, an evaluation's files), or None for another error. The
     checkpoints are written (and refused) apart, so those saved are whole."""
-    from cnn.errors import WRITE_ERRNOS, WriteError, errno_of
+    import errno
 
-    if errno_of(error) not in WRITE_ERRNOS:
+    from cnn.errors import WriteError, errno_of
+
+    # Only what a write alone meets: a denied or failing read (EACCES, EIO) is not a write's to report.
+    if errno_of(error) not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG):
         return None
     where = getattr(error, "filename", None) or (getattr(error, "message", None) or str(error)).splitlines()[0][:200]
     return str(WriteError.of(where, error, "the checkpoints saved so far are kept"))

@@ -164,7 +164,8 @@ def test_run_name_differs_with_the_hyperparameters():
 
 EXPERIMENT_MODELS = {"book_sequential": "book_cnn", "book_functional": "book_cnn_functional",
                      "book_subclass": "book_cnn_subclass", "book_ensemble": "ensemble", "book_best": "ensemble",
-                     "cifar10_tutorial": "tutorial_cnn", "resnet20_cifar10": "resnet"}
+                     "cifar10_tutorial": "tutorial_cnn", "resnet20_cifar10": "resnet",
+                     "resnet_fashion": "resnet"}
 
 
 def test_every_experiment_is_listed():

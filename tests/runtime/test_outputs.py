@@ -22,3 +22,4 @@ def test_a_refused_write_anywhere_is_one_line_naming_the_file_and_what_is_kept()
 def test_other_errors_are_left_to_show_whole():
     assert write_failure(ValueError("a bug")) is None
     assert write_failure(OSError(errno.ECONNREFUSED, "refused")) is None
+    assert write_failure(PermissionError(errno.EACCES, "Permission denied", "/data/train.npz")) is None  # a read

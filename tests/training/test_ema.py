@@ -78,3 +78,13 @@ def test_selection_eval_and_export_read_the_average(tmp_path):
     served = keras.saving.load_model(out / "model.keras")
     kernel = next(v for v in served.weights if tuple(v.shape) == weight.shape).numpy()
     np.testing.assert_array_equal(kernel, average)
+
+
+def test_the_average_without_batch_norm_statistics_of_its_own_is_refused():
+    import pytest
+
+    from cnn.config import compose
+    from cnn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"ema.decay needs precise_bn.batches > 0"):
+        compose("ema.decay=0.99", "precise_bn.batches=0")
