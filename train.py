@@ -28,6 +28,7 @@ from cnn.runtime.stopping import Stopped  # noqa: E402
 
 log = logging.getLogger("train")
 register_configs()
+EXISTING_RUN_DIRS = outputs.existing_run_dirs(sys.argv[1:])  # before Hydra makes them: kept if rejected
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -73,7 +74,7 @@ def main(cfg: DictConfig) -> float:
         if not multirun:
             message = str(e) if isinstance(e, CnnError) else outputs.write_failure(e)
             if message is not None:
-                outputs.reject(message, hydra_config)  # exits
+                outputs.reject(message, hydra_config, EXISTING_RUN_DIRS)  # exits
             raise
         if isinstance(e, CnnError):  # the job's record stays: the sweep's report names it
             log.error("%s", e)
@@ -106,6 +107,9 @@ def run() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing
     try:
         main()
+    except BrokenPipeError:  # a reader of stdout that stopped early: `python train.py --help | head`
+        quiet_stdout()
+        sys.exit(0)
     except KeyboardInterrupt:  # Ctrl-C outside the training loop (which stops politely)
         print("error: interrupted (Ctrl-C) outside the training loop; what was saved is kept; rerun the command "
               "to resume", file=sys.stderr)
@@ -122,5 +126,17 @@ def run() -> None:
         sys.exit(1)
 
 
+def quiet_stdout() -> None:
+    """Stdout pointed at /dev/null, so that Python's last flush into a closed pipe is not a
+    second BrokenPipeError at exit (the Python documentation's recipe)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 if __name__ == "__main__":
-    run()
+    try:
+        run()
+    finally:
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:  # the help's last lines were still buffered when the reader stopped
+            quiet_stdout()

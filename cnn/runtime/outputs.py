@@ -13,16 +13,27 @@ from typing import Optional
 
 log = logging.getLogger("train")
 
-def reject(message: str, hydra_config) -> None:
+def existing_run_dirs(argv: list[str]) -> set[Path]:
+    """The directories a `hydra.run.dir=` override of `argv` names that exist already (before
+    Hydra writes there): a rejected run leaves them, emptied of what Hydra wrote."""
+    named = [arg.split("=", 1)[1] for arg in argv if arg.startswith("hydra.run.dir=")]
+    return {Path(d).resolve() for d in named if Path(d).is_dir()}
+
+
+def reject(message: str, hydra_config, existing: set[Path] = frozenset()) -> None:
     """Ends a single run that failed with a CnnError: `error: <message>` on stderr, as every
     error before a run starts, exit 1. The output directory Hydra made for it goes when the
-    run wrote nothing there, not even a log line (a rejected run); one that holds more keeps
-    the line in its log."""
+    run wrote nothing there, not even a log line (a rejected run); one that was there before
+    (in `existing`) stays, without Hydra's files; one that holds more keeps the line in its log."""
     print(f"error: {message}", file=sys.stderr)
     output_dir, cwd = Path(hydra_config.runtime.output_dir), Path(hydra_config.runtime.cwd)
     if holds_only_hydras_own(hydra_config) and output_dir.resolve() != cwd.resolve():
         logging.shutdown()  # its log file closed first
-        remove(output_dir, cwd)
+        if output_dir.resolve() in existing:
+            shutil.rmtree(output_dir / hydra_config.output_subdir, ignore_errors=True)
+            (output_dir / f"{hydra_config.job.name}.log").unlink(missing_ok=True)
+        else:
+            remove(output_dir, cwd)
     else:
         log_to_file(message)
     sys.exit(1)

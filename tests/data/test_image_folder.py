@@ -201,9 +201,10 @@ def test_image_folder_keys_belong_to_image_folder_only():
 @pytest.mark.slow
 def test_a_folder_trains_and_its_export_predicts_what_the_checkpoint_does(tmp_path, folder):
     """From the command line: a folder of PNG, JPEG, BMP and GIF images of odd sizes, grey and
-    colour, with one that does not decode, streamed from its files (cache=none); mode=eval;
-    mode=export; and `python -m cnn.tools.predict` on the test images' own files in a fresh process."""
-    from helpers import env, train
+    colour, with one that does not decode, streamed from its files (cache=none), resumed bitwise
+    after a SIGKILL; mode=eval; mode=export; and `python -m cnn.tools.predict` on the test
+    images' own files in a fresh process."""
+    from helpers import env, sigkill_then_rerun, train
 
     from cnn.checkpointing.resume import restore_chosen
     from cnn.training import build
@@ -211,26 +212,27 @@ def test_a_folder_trains_and_its_export_predicts_what_the_checkpoint_does(tmp_pa
     (folder / "eel" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     settings = ["dataset=image_folder", f"dataset.data_dir={folder}", "dataset.image_size=[16,16]",
                 "dataset.color_mode=rgb", "dataset.cache=none", f"dataset.cache_dir={tmp_path / 'cache'}",
-                "dataset.skip_bad_files=true", "epochs=6", "batch_size=9", "checkpoint.dir=ckpt"]
-    proc = train(tmp_path, *settings, "hydra.run.dir=train")
-    log = proc.stdout + proc.stderr
+                "dataset.skip_bad_files=true", "epochs=6", "batch_size=9", "checkpoint.every_n_steps=5",
+                "checkpoint.keep=2"]
+    trained = sigkill_then_rerun(tmp_path, settings)  # its straight run: checkpoint.dir=straight, hydra.run.dir=r0
+    log = (tmp_path / "r0" / "train.log").read_text()
     assert "3 classes (cat, dog, eel), 30 training and 6 test images, 16x16x3, cache=none" in log
     assert "skipped 1 file (not decodable), e.g." in log and "broken.png" in log
-    trained = json.loads((tmp_path / "train" / "results.json").read_text())
     assert trained["test_accuracy"] == 1.0  # the bands are easy: it learns them
+    settings.append("checkpoint.dir=straight")
     train(tmp_path, *settings, "mode=eval", "hydra.run.dir=eval")
     evaluated = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert evaluated["test_accuracy"] == trained["test_accuracy"] and evaluated["test_loss"] == trained["test_loss"]
     assert set(evaluated["per_class_accuracy"]) == {"cat", "dog", "eel"}
     train(tmp_path, *settings, "mode=export", "hydra.run.dir=export")
-    out = tmp_path / "ckpt" / "export"
+    out = tmp_path / "straight" / "export"
     assert (out / "labels.txt").read_text().splitlines() == ["cat", "dog", "eel"]
 
-    config = folder_config(folder, *settings[2:-1], f"checkpoint.dir={tmp_path / 'ckpt'}")
+    config = folder_config(folder, *settings[2:-1], f"checkpoint.dir={tmp_path / 'straight'}")
     data = data_lib.load_dataset(config.dataset)
     build.setup(config)
     state = build.create_state(config, data)
-    restore_chosen(state, tmp_path / "ckpt", None)
+    restore_chosen(state, tmp_path / "straight", None)
     expected = tf.nn.softmax(state.model(data.x_test.numpy().astype(np.float32) / 255, training=False)).numpy()
     paths = list(data.x_test.paths)
     proc = subprocess.run([sys.executable, "-m", "cnn.tools.predict", str(out), *paths, "--json", "--top", "3"],
@@ -242,17 +244,6 @@ def test_a_folder_trains_and_its_export_predicts_what_the_checkpoint_does(tmp_pa
         assert [p["id"] for p in row["predictions"]] == best.tolist()
         assert row["predictions"][0]["class"] == data.class_names[label]
         np.testing.assert_allclose([p["probability"] for p in row["predictions"]], probabilities[best], atol=1e-6)
-
-
-@pytest.mark.slow
-def test_sigkill_then_rerun_of_a_streamed_folder_is_bitwise_exact(tmp_path):
-    from helpers import sigkill_then_rerun
-
-    root = write_image_folder(tmp_path / "images", per_class=60)
-    sigkill_then_rerun(tmp_path, ["dataset=image_folder", f"dataset.data_dir={root}", "dataset.image_size=[28,28]",
-                                  "dataset.cache=none", f"dataset.cache_dir={tmp_path / 'cache'}", "epochs=3",
-                                  "batch_size=10", "dataset.augment=true", "checkpoint.every_n_steps=5",
-                                  "checkpoint.keep=2"])
 
 
 @pytest.mark.slow

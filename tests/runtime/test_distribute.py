@@ -179,16 +179,20 @@ def test_a_worker_that_dies_stops_the_others_with_one_line(tmp_path, tiny_data):
 
 
 def test_sigint_and_sigterm_save_the_step_and_the_rerun_ends_bitwise_equal(tmp_path, tiny_data):
+    """One run stopped twice: by SIGINT in its first invocation, by SIGTERM in the rerun that
+    resumed it; the third invocation ends it bitwise equal to a run never stopped."""
     settings = tiny(tiny_data, "epochs=12", "checkpoint.every_n_minutes=null", batch_size=4, dropout=0.5)
     train(tmp_path, *settings, "checkpoint.dir=straight", "hydra.run.dir=straight")
+    saved = lambda: [int(p.name[5:-6]) for p in (tmp_path / "stopped").glob("ckpt-*.index")]
+    step = 0
     for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
         name = signal.Signals(signum).name
         with open(tmp_path / f"{name}.out", "w") as out:
-            proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *settings, f"checkpoint.dir={name}",
-                                     f"hydra.run.dir={name}-1"], cwd=tmp_path, env=env(tmp_path), stdout=out,
+            proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *settings, "checkpoint.dir=stopped",
+                                     f"hydra.run.dir={name}"], cwd=tmp_path, env=env(tmp_path), stdout=out,
                                     stderr=subprocess.STDOUT)
-        try:
-            wait_for(lambda: (tmp_path / name / "ckpt-27.index").exists(), [proc], "the first epoch")
+        try:  # an epoch's checkpoint (27 steps) after the last stop's
+            wait_for(lambda: any(s >= step + 27 for s in saved()), [proc], f"an epoch after step {step}")
             proc.send_signal(signum)
             assert proc.wait(timeout=TIMEOUT) == code, name
         finally:
@@ -197,14 +201,14 @@ def test_sigint_and_sigterm_save_the_step_and_the_rerun_ends_bitwise_equal(tmp_p
         output = (tmp_path / f"{name}.out").read_text()
         assert "Traceback" not in output
         (line,) = [line for line in output.splitlines() if "stopped by" in line]
-        step = int(line.split("at step ")[1].split()[0])
-        assert f"stopped by {name} at step {step} " in line and "rerun the command to resume" in line
-        assert (tmp_path / name / f"ckpt-{step}.index").exists() and 27 <= step < 12 * 27
-
-        train(tmp_path, *settings, f"checkpoint.dir={name}", f"hydra.run.dir={name}-2")
-        assert_same_checkpoint(tmp_path / "straight" / "ckpt-324", tmp_path / name / "ckpt-324")
-        assert rows_without_timing(tmp_path / f"{name}-2" / "metrics.csv") == rows_without_timing(
-            tmp_path / "straight" / "metrics.csv")
+        stopped_at = int(line.split("at step ")[1].split()[0])
+        assert f"stopped by {name} at step {stopped_at} " in line and "rerun the command to resume" in line
+        assert (tmp_path / "stopped" / f"ckpt-{stopped_at}.index").exists() and step + 27 <= stopped_at < 12 * 27
+        step = stopped_at
+    train(tmp_path, *settings, "checkpoint.dir=stopped", "hydra.run.dir=rerun")
+    assert_same_checkpoint(tmp_path / "straight" / "ckpt-324", tmp_path / "stopped" / "ckpt-324")
+    assert rows_without_timing(tmp_path / "rerun" / "metrics.csv") == rows_without_timing(
+        tmp_path / "straight" / "metrics.csv")
 
 
 SIGNAL_SCRIPT = """
