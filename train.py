@@ -108,8 +108,7 @@ def run() -> None:
     try:
         main()
     except BrokenPipeError:  # a reader of stdout that stopped early: `python train.py --help | head`
-        quiet_stdout()
-        sys.exit(0)
+        stdout_closed()
     except KeyboardInterrupt:  # Ctrl-C outside the training loop (which stops politely)
         print("error: interrupted (Ctrl-C) outside the training loop; what was saved is kept; rerun the command "
               "to resume", file=sys.stderr)
@@ -126,10 +125,12 @@ def run() -> None:
         sys.exit(1)
 
 
-def quiet_stdout() -> None:
-    """Stdout pointed at /dev/null, so that Python's last flush into a closed pipe is not a
-    second BrokenPipeError at exit (the Python documentation's recipe)."""
+def stdout_closed() -> None:
+    """Ends the command quietly when its stdout's reader has gone: stdout pointed at /dev/null,
+    so that Python's last flush is not a second BrokenPipeError, and exit 1, as the Python
+    documentation's recipe does (what was written was not all read)."""
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(1)
 
 
 if __name__ == "__main__":
@@ -138,5 +139,5 @@ if __name__ == "__main__":
     finally:
         try:
             sys.stdout.flush()
-        except BrokenPipeError:  # the help's last lines were still buffered when the reader stopped
-            quiet_stdout()
+        except BrokenPipeError:  # the last lines were still buffered when the reader stopped
+            stdout_closed()

@@ -130,7 +130,8 @@ def test_help_explains_every_key(tmp_path):
 
 
 def test_help_into_a_reader_that_stopped_ends_quietly(tmp_path):
-    """`python train.py --help | head`: a pipe whose reader is gone is no traceback and no error."""
+    """`python train.py --help | head`: a pipe whose reader is gone is no traceback and no
+    message; exit 1 (what was written was not all read), as Python's own recipe."""
     import os
 
     read, write = os.pipe()
@@ -140,7 +141,7 @@ def test_help_into_a_reader_that_stopped_ends_quietly(tmp_path):
                               stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
     finally:
         os.close(write)
-    assert proc.returncode == 0 and proc.stderr == ""
+    assert proc.returncode == 1 and proc.stderr == ""
 
 
 def test_multirun_2x2_gives_each_job_its_own_checkpoints(tmp_path, tiny_data):
