@@ -2,6 +2,7 @@
 2 local processes on 127.0.0.1, SIGINT/SIGTERM/SIGKILL and resuming, and the bad inputs."""
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -146,12 +147,14 @@ def test_multi_worker_trains_resumes_after_sigkill_exactly_and_evaluates_on_one_
         tmp_path / "straight-w0" / "metrics.csv")
 
 
-def test_sigterm_to_one_worker_saves_on_both_at_the_same_step(tmp_path, tiny_data):
-    workers = Workers(tmp_path, "run", *tiny(tiny_data, "epochs=500"), "checkpoint.dir=ckpt",
-                      "checkpoint.every_n_minutes=null")
+def test_sigterm_to_one_worker_saves_on_both_and_a_worker_that_dies_stops_the_other(tmp_path, tiny_data):
+    """One run twice: SIGTERM to the worker that is not the chief saves on both at one step;
+    the rerun resumes there, and a SIGKILL of that worker stops the chief with one line."""
+    settings = (*tiny(tiny_data, "epochs=500"), "checkpoint.dir=ckpt", "checkpoint.every_n_minutes=null")
+    workers = Workers(tmp_path, "run", *settings)
     try:
         wait_for(lambda: "epoch 2/500" in workers.output(0), workers.procs, "the second epoch")
-        workers.procs[1].send_signal(signal.SIGTERM)  # the worker that is not the chief
+        workers.procs[1].send_signal(signal.SIGTERM)
     finally:
         codes = workers.wait()
     assert codes == [143, 143], workers.output(0) + workers.output(1)
@@ -164,17 +167,17 @@ def test_sigterm_to_one_worker_saves_on_both_at_the_same_step(tmp_path, tiny_dat
     stopped = json.loads((tmp_path / "run-w0" / "results.json").read_text())
     assert stopped == {"status": "stopped", "signal": "SIGTERM", "step": step, "checkpoint": f"ckpt/ckpt-{step}"}
 
-
-def test_a_worker_that_dies_stops_the_others_with_one_line(tmp_path, tiny_data):
-    workers = Workers(tmp_path, "run", *tiny(tiny_data, "epochs=500"), "checkpoint.dir=ckpt")
+    rerun = Workers(tmp_path, "rerun", *settings)
     try:
-        wait_for(lambda: "epoch 2/500" in workers.output(0), workers.procs, "the second epoch")
-        workers.procs[1].kill()
+        next_epoch = f"epoch {step // 9 + 2}/500"  # an epoch ended after the resume
+        wait_for(lambda: next_epoch in rerun.output(0), rerun.procs, next_epoch)
+        rerun.procs[1].kill()
     finally:
-        codes = workers.wait()
-    assert codes[0] == 1 and "Traceback" not in workers.output(0)
-    (line,) = [line for line in workers.output(0).splitlines() if line.startswith("error: ")]
-    assert f"worker 1 (127.0.0.1:{workers.ports[1]}) stopped answering at step" in line
+        codes = rerun.wait()
+    assert re.search(rf"resumed from \S*ckpt-{step}\n", rerun.output(0)), rerun.output(0)
+    assert codes[0] == 1 and "Traceback" not in rerun.output(0)
+    (line,) = [line for line in rerun.output(0).splitlines() if line.startswith("error: ")]
+    assert f"worker 1 (127.0.0.1:{rerun.ports[1]}) stopped answering at step" in line
     assert "restart every worker to resume" in line
 
 
