@@ -1,6 +1,6 @@
 """The README's and the gallery's facts, read from them and checked against the code: their
 commands compose (the keys and options exist), the keys, modules and files they name exist,
-their links land, the run name of the first command and the suite's size are the code's, and
+their links land, the run name of the first command, the suite's size and its test processes are the code's, and
 the gallery's learning curves name the curves the code draws."""
 
 import ast
@@ -246,6 +246,12 @@ def test_the_suite_size_is_the_collected_count():
     figure = int(figure.replace(",", ""))
     collected = collected_tests()
     assert abs(collected - figure) <= (0.05 * figure if about else 0), f"{collected} tests collected"
+
+
+def test_the_test_processes_named_are_pyprojects():
+    """`-n N` in `pyproject.toml`: the README names the addopts the suite runs with."""
+    (named,) = re.findall(r"`-n (\d+)` in `pyproject.toml`", README)
+    assert f"-n {named}" in re.search(r'addopts = "(.*)"', (ROOT / "pyproject.toml").read_text()).group(1)
 
 
 def collected_tests() -> int:

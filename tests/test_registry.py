@@ -61,6 +61,7 @@ def user_env(tmp_path, package):
     return {**env(tmp_path), "PYTHONPATH": os.pathsep.join([str(package / "src"), os.environ.get("PYTHONPATH", "")])}
 
 
+@pytest.mark.slow
 def test_a_user_model_trains_resumes_bitwise_evaluates_and_exports(tmp_path, user_package, monkeypatch):
     monkeypatch.setattr("helpers.env", lambda path: user_env(path, user_package))
     common = [f"dataset.data_dir={SAMPLE}", "epochs=2", "batch_size=50", f"hydra.searchpath=[file://{user_package}/conf]",

@@ -126,7 +126,8 @@ def test_soft_target_loss_is_the_mixed_cross_entropies():
 
 @pytest.mark.slow
 def test_every_regularizer_and_the_average_at_once_resume_bitwise_after_a_sigkill(tmp_path):
-    straight = sigkill_then_rerun(tmp_path, [*SAMPLE_RUN, "model=resnet", "model.depth=8", "dataset.pad=2",
+    straight = sigkill_then_rerun(tmp_path, [*SAMPLE_RUN, "epochs=2", "precise_bn.batches=4", "model=resnet",
+                                             "model.depth=8", "dataset.pad=2",
                                              "dataset.flip=true", "erasing.probability=0.5", "cutout=6",
                                              "mixup.alpha=0.4", "label_smoothing=0.1", "ema.decay=0.9",
                                              "checkpoint.every_n_steps=5"])
