@@ -1,6 +1,7 @@
 """Helpers the tests share: a config as `python train.py` composes it, checkpoints compared
 value by value, and the command line run as a user runs it (with a SIGKILL and a rerun)."""
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -66,11 +67,40 @@ def train(tmp_path, *overrides, check=True):
     return proc
 
 
+@contextlib.contextmanager
+def working_directory(path):
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def run_in_process(tmp_path, *overrides, run_dir: str) -> dict:
+    """What `python train.py <overrides> hydra.run.dir=<run_dir>` run in `tmp_path` does (trains,
+    or mode=eval, mode=export), in this process, as a multirun's jobs share theirs: relative
+    paths land in tmp_path. Returns the results (an export's: {})."""
+    from cnn.serving import export
+    from cnn.training import evaluate, train as training
+
+    config = compose(*overrides)
+    (tmp_path / run_dir).mkdir(parents=True, exist_ok=True)  # as Hydra makes it
+    with working_directory(tmp_path):
+        if config.mode == "export":
+            export.export_checkpoint(config, tmp_path / run_dir)
+            return {}
+        if config.mode == "eval":
+            return evaluate.evaluate_checkpoint(config, tmp_path / run_dir)
+        return training.train_and_evaluate(config, tmp_path / run_dir)
+
+
 def sigkill_then_rerun(tmp_path, common) -> dict:
-    """Trains `common` straight through, and again with a SIGKILL at a random step (after
-    a checkpoint of at least step 5) and a rerun; asserts the two end bitwise equal, in
-    every variable, metrics.csv row and result. Returns the straight run's results."""
-    train(tmp_path, *common, "checkpoint.dir=straight", "hydra.run.dir=r0")
+    """Trains `common` straight through (in this process: the command line's run is the killed
+    one), and again from the command line with a SIGKILL at a random step (after a checkpoint
+    of at least step 5) and a rerun; asserts the two end bitwise equal, in every variable,
+    metrics.csv row and result. Returns the straight run's results."""
+    run_in_process(tmp_path, *common, "checkpoint.dir=straight", run_dir="r0")
     straight = json.loads((tmp_path / "r0" / "results.json").read_text())
     steps = straight["steps"]  # 36 an epoch
 

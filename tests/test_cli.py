@@ -179,8 +179,8 @@ def test_multirun_2x2_gives_each_job_its_own_checkpoints(tmp_path, tiny_data):
 def test_sigkill_at_a_random_step_then_rerun_is_bitwise_exact(tmp_path):
     """bn_cnn's batch-norm statistics, a decaying learning rate restored mid-schedule, and early
     stopping's count and the best checkpoint's record: the same stopping epoch. (The book's CNN
-    with Adam; tests/optim/test_optim.py's SGD case, tests/data/test_augment.py's regularizers and
-    test_registry.py's own model are the same check on other settings.)"""
+    with Adam; tests/data/test_augment.py's regularizers with an SGD recipe, test_registry.py's own
+    model and tests/data/test_image_folder.py's folder are the same check on other settings.)"""
     settings = ["model=bn_cnn", "schedule.name=exponential", "schedule.decay_steps=10", "schedule.decay_rate=0.8",
                 "lr=0.01", "epochs=12", "early_stopping.patience=1"]
     straight = sigkill_then_rerun(tmp_path, [*SAMPLE_RUN, *settings, "checkpoint.every_n_steps=5", "checkpoint.keep=2"])

@@ -1,17 +1,21 @@
 """Your own model from outside the repository, the Hydra way: a `_target_` builder found on
 PYTHONPATH and a YAML found through `hydra.searchpath`, trained (with the default precise
-batch norm), killed and resumed bitwise, evaluated and exported for predict; and the one-line
-errors of a bad `_target_` or option."""
+batch norm), killed and resumed bitwise from the command line, evaluated and exported (in this
+process, with the same overrides) for predict in a fresh process; and the one-line errors of a
+bad `_target_` or option."""
 
+import gzip
 import json
 import os
 import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
+from PIL import Image
 from conftest import ROOT, SAMPLE
-from helpers import env, sigkill_then_rerun
+from helpers import env, run_in_process, sigkill_then_rerun
 
 from cnn.config import compose, run_name
 from cnn.errors import ConfigError
@@ -64,6 +68,7 @@ def user_env(tmp_path, package):
 @pytest.mark.slow
 def test_a_user_model_trains_resumes_bitwise_evaluates_and_exports(tmp_path, user_package, monkeypatch):
     monkeypatch.setattr("helpers.env", lambda path: user_env(path, user_package))
+    monkeypatch.syspath_prepend(str(user_package / "src"))  # in this process, what PYTHONPATH gives the command line
     common = [f"dataset.data_dir={SAMPLE}", "epochs=2", "batch_size=50", f"hydra.searchpath=[file://{user_package}/conf]",
               "model=my_resnet", "precise_bn.batches=4", "checkpoint.every_n_steps=5", "checkpoint.keep=2"]
     straight = sigkill_then_rerun(tmp_path, common)
@@ -71,20 +76,12 @@ def test_a_user_model_trains_resumes_bitwise_evaluates_and_exports(tmp_path, use
     identity = json.loads((tmp_path / "straight" / "run.json").read_text())["identity"]
     assert identity["model._target_"] == "my_models.resnet.build" and identity["model.width"] == 8
 
-    run = lambda *more: subprocess.run([sys.executable, str(ROOT / "train.py"), *common, "checkpoint.dir=straight",
-                                        *more], cwd=tmp_path, env=user_env(tmp_path, user_package),
-                                       capture_output=True, text=True, timeout=600)
-    evaluated = run("mode=eval", "hydra.run.dir=eval")
-    assert evaluated.returncode == 0, evaluated.stderr
-    result = json.loads((tmp_path / "eval" / "results.json").read_text())
-    assert (result["test_accuracy"], result["test_loss"]) == (straight["test_accuracy"], straight["test_loss"])
-    exported = run("mode=export", "hydra.run.dir=export")
-    assert exported.returncode == 0, exported.stderr
+    evaluated = run_in_process(tmp_path, *common, "checkpoint.dir=straight", "mode=eval", run_dir="eval")
+    assert (evaluated["test_accuracy"], evaluated["test_loss"]) == (straight["test_accuracy"], straight["test_loss"])
+    run_in_process(tmp_path, *common, "checkpoint.dir=straight", "mode=export", run_dir="export")
     image = tmp_path / "digit.png"
-    subprocess.run([sys.executable, "-c", "import numpy as np, gzip; from PIL import Image; "
-                    f"d = gzip.open('{SAMPLE}/t10k-images-idx3-ubyte.gz').read(); "
-                    f"Image.fromarray(np.frombuffer(d, np.uint8, offset=16)[:784].reshape(28, 28)).save('{image}')"],
-                   check=True)
+    with gzip.open(SAMPLE / "t10k-images-idx3-ubyte.gz") as f:
+        Image.fromarray(np.frombuffer(f.read(), np.uint8, offset=16)[:784].reshape(28, 28)).save(image)
     predicted = subprocess.run([sys.executable, "-m", "cnn.tools.predict", str(tmp_path / "straight" / "export"),
                                 str(image), "--json"], cwd=ROOT, env=env(tmp_path), capture_output=True, text=True,
                                timeout=300)

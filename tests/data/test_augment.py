@@ -1,5 +1,5 @@
 """The batch regularizers against hand-computed images and targets, their draws' ranges, and a
-run with all of them resumed bitwise after a SIGKILL."""
+run with all of them (and an SGD recipe) resumed bitwise after a SIGKILL."""
 
 import numpy as np
 import pytest
@@ -125,10 +125,18 @@ def test_soft_target_loss_is_the_mixed_cross_entropies():
 
 
 @pytest.mark.slow
-def test_every_regularizer_and_the_average_at_once_resume_bitwise_after_a_sigkill(tmp_path):
-    straight = sigkill_then_rerun(tmp_path, [*SAMPLE_RUN, "epochs=2", "precise_bn.batches=4", "model=resnet",
-                                             "model.depth=8", "dataset.pad=2",
+def test_every_regularizer_the_average_and_an_sgd_recipe_at_once_resume_bitwise_after_a_sigkill(tmp_path):
+    """He et al.'s recipe in small (SGD with Nesterov momentum, weight decay, warmup and the rate
+    divided at epoch 1.5) on the wide network with dropout, with every batch regularizer but
+    cutmix (mixup's alternative: tests/training/test_training.py resumes it) and the average,
+    precise statistics from a few batches; two epochs."""
+    straight = sigkill_then_rerun(tmp_path, [*SAMPLE_RUN, "epochs=2", "precise_bn.batches=4",
+                                             "model=wide_resnet", "model.depth=10", "model.widen=1",
+                                             "model.dropout=0.2", "optimizer=sgd", "lr=0.05",
+                                             "optimizer.nesterov=true", "optimizer.weight_decay=5e-4",
+                                             "schedule.warmup_epochs=1", "schedule.name=step",
+                                             "schedule.milestones=[1.5]", "dataset.pad=2",
                                              "dataset.flip=true", "erasing.probability=0.5", "cutout=6",
-                                             "mixup.alpha=0.4", "label_smoothing=0.1", "ema.decay=0.9",
-                                             "checkpoint.every_n_steps=5"])
+                                             "mixup.alpha=0.4", "mixup.probability=0.5", "label_smoothing=0.1",
+                                             "ema.decay=0.9", "checkpoint.every_n_steps=5", "checkpoint.keep=2"])
     assert straight["test_accuracy"] > 0.2  # it learns through all of them

@@ -202,9 +202,9 @@ def test_image_folder_keys_belong_to_image_folder_only():
 def test_a_folder_trains_and_its_export_predicts_what_the_checkpoint_does(tmp_path, folder):
     """From the command line: a folder of PNG, JPEG, BMP and GIF images of odd sizes, grey and
     colour, with one that does not decode, streamed from its files (cache=none), resumed bitwise
-    after a SIGKILL; mode=eval; mode=export; and `python -m cnn.tools.predict` on the test
-    images' own files in a fresh process."""
-    from helpers import env, sigkill_then_rerun, train
+    after a SIGKILL; then mode=eval and mode=export of it, and `python -m cnn.tools.predict` on
+    the test images' own files in a fresh process."""
+    from helpers import env, run_in_process, sigkill_then_rerun
 
     from cnn.checkpointing.resume import restore_chosen
     from cnn.training import build
@@ -214,17 +214,16 @@ def test_a_folder_trains_and_its_export_predicts_what_the_checkpoint_does(tmp_pa
                 "dataset.color_mode=rgb", "dataset.cache=none", f"dataset.cache_dir={tmp_path / 'cache'}",
                 "dataset.skip_bad_files=true", "epochs=6", "batch_size=9", "checkpoint.every_n_steps=5",
                 "checkpoint.keep=2"]
-    trained = sigkill_then_rerun(tmp_path, settings)  # its straight run: checkpoint.dir=straight, hydra.run.dir=r0
-    log = (tmp_path / "r0" / "train.log").read_text()
+    trained = sigkill_then_rerun(tmp_path, settings)  # its straight run: checkpoint.dir=straight
+    log = (tmp_path / "r2" / "train.log").read_text()  # the command line's rerun
     assert "3 classes (cat, dog, eel), 30 training and 6 test images, 16x16x3, cache=none" in log
     assert "skipped 1 file (not decodable), e.g." in log and "broken.png" in log
     assert trained["test_accuracy"] == 1.0  # the bands are easy: it learns them
     settings.append("checkpoint.dir=straight")
-    train(tmp_path, *settings, "mode=eval", "hydra.run.dir=eval")
-    evaluated = json.loads((tmp_path / "eval" / "results.json").read_text())
+    evaluated = run_in_process(tmp_path, *settings, "mode=eval", run_dir="eval")
     assert evaluated["test_accuracy"] == trained["test_accuracy"] and evaluated["test_loss"] == trained["test_loss"]
     assert set(evaluated["per_class_accuracy"]) == {"cat", "dog", "eel"}
-    train(tmp_path, *settings, "mode=export", "hydra.run.dir=export")
+    run_in_process(tmp_path, *settings, "mode=export", run_dir="export")
     out = tmp_path / "straight" / "export"
     assert (out / "labels.txt").read_text().splitlines() == ["cat", "dog", "eel"]
 

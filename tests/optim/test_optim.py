@@ -1,11 +1,11 @@
 """Optimizers and schedules: the group's options, coupled L2 against decoupled decay, warmup and
-step decay in epochs, the identity of runs that do not use them, and exact resume after SIGKILL."""
+step decay in epochs, and the identity of runs that do not use them (their exact resume after a
+SIGKILL: tests/data/test_augment.py)."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import SAMPLE_RUN, sigkill_then_rerun
 
 from cnn.config import compose, run_name
 from cnn.config.schema import ScheduleConfig
@@ -73,18 +73,6 @@ def test_the_group_on_the_command_line_and_the_identity_of_old_runs():
         compose("optimizer.momentum=0.5")  # adam has none
     with pytest.raises(ConfigError, match="optimizer=rmsprop: no such option; available: adam, adamw, sgd"):
         compose("optimizer=rmsprop")
-
-
-@pytest.mark.slow
-def test_sgd_with_momentum_weight_decay_warmup_and_cutmix_resumes_bitwise_after_sigkill(tmp_path):
-    # He et al.'s recipe in small (the wide network with dropout and the cutmix batches ride along):
-    # two epochs, the rate divided at 1.5, precise statistics from a few batches.
-    sigkill_then_rerun(tmp_path, [*SAMPLE_RUN, "epochs=2", "precise_bn.batches=4", "optimizer=sgd", "lr=0.05",
-                                  "optimizer.nesterov=true", "optimizer.weight_decay=5e-4", "schedule.warmup_epochs=1",
-                                  "schedule.name=step", "schedule.milestones=[1.5]", "checkpoint.every_n_steps=5",
-                                  "checkpoint.keep=2",
-                                  "model=wide_resnet", "model.depth=10", "model.widen=1", "model.dropout=0.2",
-                                  "cutmix.alpha=1.0", "cutmix.probability=0.5"])
 
 
 def test_resnet20_cifar10_is_he_et_als_recipe_in_iterations():

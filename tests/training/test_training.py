@@ -310,9 +310,11 @@ def test_ensemble_trains_reports_members_and_round_trips(tmp_path):
     assert evaluated["member_test_accuracy"] == straight["member_test_accuracy"]
 
 
-def test_augmented_run_resumes_exactly(tmp_path):
+def test_augmented_run_with_cutmix_resumes_exactly_mid_epoch(tmp_path):
+    """The book's augmentation and cutmix on half the batches: the draws of (seed, epoch, batch)."""
     every = {"every_n_steps": 7, "keep": 100}
-    cfg = lambda where: make_config(tmp_path / where, "dataset.augment=true", epochs=2, checkpoint=every)
+    cfg = lambda where: make_config(tmp_path / where, "dataset.augment=true", "cutmix.alpha=1.0",
+                                    "cutmix.probability=0.5", epochs=2, checkpoint=every)
     train.train_and_evaluate(cfg("a"), tmp_path / "a" / "run")
     shutil.copytree(tmp_path / "a" / "ckpt", tmp_path / "b" / "ckpt")
     for f in (tmp_path / "b" / "ckpt").glob("ckpt-*"):
