@@ -81,7 +81,8 @@ def main(cfg: DictConfig) -> float:
         else:
             log.exception("the job failed")
         try:
-            write_json(Path(workdir) / "results.json", {"status": "failed", "error": f"{type(e).__name__}: {e}"})
+            write_json(Path(workdir) / "results.json", {"status": "failed", "error": f"{type(e).__name__}: {e}",
+                                                        "pid": os.getpid()})
         except CnnError as unwritten:  # a full disk: the sweep's report names the job as unfinished
             log.error("%s", unwritten)
         return float("nan")

@@ -187,22 +187,6 @@ def test_sigkill_at_a_random_step_then_rerun_is_bitwise_exact(tmp_path):
     assert straight["stopped_early"] and straight["epochs"] < 12
 
 
-def test_an_ensemble_of_bn_cnn_trains_and_evaluates_from_the_command_line(tmp_path, tiny_data):
-    settings = [f"dataset.data_dir={tiny_data}", "model=ensemble", "model.members=bn_cnn", "model.size=2",
-                "epochs=2", "batch_size=40", "dataset.augment=true"]
-    train(tmp_path, *settings, "hydra.run.dir=run")
-    trained = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert len(trained["member_test_accuracy"]) == 2 and trained["steps"] == 6
-    proc = train(tmp_path, *settings, "mode=eval", "hydra.run.dir=eval")
-    evaluated = json.loads((tmp_path / "eval" / "results.json").read_text())
-    assert evaluated["status"] == "evaluated" and evaluated["steps"] == 6
-    for key in ("test_accuracy", "test_loss", "member_test_accuracy"):
-        assert evaluated[key] == trained[key], key
-    for name in ("confusion_matrix.png", "per_class_accuracy.png", "misclassified.png"):
-        assert (tmp_path / "eval" / name).stat().st_size > 1000, name
-    assert "test accuracy" in proc.stdout + proc.stderr + (tmp_path / "eval" / "train.log").read_text()
-
-
 def test_the_readmes_train_command_works_verbatim_and_prints_what_it_shows(tmp_path):
     """The README's first command, as written, from a directory with the repository's tests/
     (so nothing lands in the checkout); its epoch lines are the README's but for the timings."""

@@ -2,6 +2,7 @@
 2 local processes on 127.0.0.1, SIGINT/SIGTERM/SIGKILL and resuming, and the bad inputs."""
 
 import json
+import logging
 import re
 import signal
 import socket
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import ROOT
-from helpers import env, train
+from helpers import env, run_in_process, train
 from helpers import assert_same_checkpoint, rows_without_timing
 
 pytestmark = pytest.mark.slow
@@ -87,16 +88,17 @@ def checkpoint_values(prefix) -> dict:
     return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()}
 
 
-def test_mirrored_over_two_logical_cpus_matches_one_device(tmp_path, tiny_data):
+def test_mirrored_over_two_logical_cpus_matches_one_device(tmp_path, tiny_data, caplog):
     """Same global batch, same images per step: after 3 steps every weight and optimizer slot
     agrees within 1e-5 and the metrics within 1e-6. Not exactly: the replicas' gradients are
     summed (an all-reduce) where one device sums over the whole batch, so float32 additions run
     in another order, and Adam divides by the square root of tiny second moments, which turns
     last-bit differences into ~1e-6 of the weights."""
-    single = train(tmp_path, *tiny(tiny_data), "epochs=1", "checkpoint.dir=one", "hydra.run.dir=r1")
+    with caplog.at_level(logging.INFO, logger="cnn"):
+        run_in_process(tmp_path, *tiny(tiny_data), "epochs=1", "checkpoint.dir=one", run_dir="r1")
     mirrored = train(tmp_path, *tiny(tiny_data), "epochs=1", "distribute=mirrored", "distribute.logical_cpus=2",
                      "checkpoint.dir=two", "hydra.run.dir=r2")
-    assert "one device, batch 12" in single.stdout + single.stderr
+    assert "one device, batch 12" in caplog.text
     assert "MirroredStrategy: 2 replicas, global batch 12 (6 per replica)" in mirrored.stdout + mirrored.stderr
     one, two = checkpoint_values(tmp_path / "one" / "ckpt-9"), checkpoint_values(tmp_path / "two" / "ckpt-9")
     assert one.keys() == two.keys()
@@ -121,9 +123,9 @@ def test_multi_worker_trains_resumes_after_sigkill_exactly_and_evaluates_on_one_
     assert not (tmp_path / "straight-w1" / "results.json").exists()
     assert not list(Path(results["checkpoint_dir"]).parent.glob("straight-worker1-*"))  # its saves, removed
 
-    # The chief's checkpoint, on one device.
-    train(tmp_path, *settings, "checkpoint.dir=straight", "mode=eval", "checkpoint.eval=latest", "hydra.run.dir=eval")
-    evaluated = json.loads((tmp_path / "eval" / "results.json").read_text())
+    # The chief's checkpoint, on one device (this process's).
+    evaluated = run_in_process(tmp_path, *settings, "checkpoint.dir=straight", "mode=eval", "checkpoint.eval=latest",
+                               run_dir="eval")
     assert evaluated["steps"] == 27
     assert (evaluated["test_accuracy"], evaluated["test_loss"]) == (results["last"]["test_accuracy"],
                                                                     results["last"]["test_loss"])
@@ -185,7 +187,7 @@ def test_sigint_and_sigterm_save_the_step_and_the_rerun_ends_bitwise_equal(tmp_p
     """One run stopped twice: by SIGINT in its first invocation, by SIGTERM in the rerun that
     resumed it; the third invocation ends it bitwise equal to a run never stopped."""
     settings = tiny(tiny_data, "epochs=12", "checkpoint.every_n_minutes=null", batch_size=4, dropout=0.5)
-    train(tmp_path, *settings, "checkpoint.dir=straight", "hydra.run.dir=straight")
+    run_in_process(tmp_path, *settings, "checkpoint.dir=straight", run_dir="straight")  # never stopped
     saved = lambda: [int(p.name[5:-6]) for p in (tmp_path / "stopped").glob("ckpt-*.index") if p.name[5:-6].isdigit()]
     step = 0
     for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import SAMPLE, write_idx_dataset
-from helpers import assert_same_checkpoint, make_config, rows_without_timing, variables
+from helpers import assert_same_checkpoint, make_config, rows_without_timing, run_in_process, variables
 
 from cnn import data
 from cnn.checkpointing import directory as checkpoint
@@ -308,6 +308,21 @@ def test_ensemble_trains_reports_members_and_round_trips(tmp_path):
     assert_same_checkpoint(tmp_path / "a" / "ckpt" / "ckpt-36", tmp_path / "b" / "ckpt" / "ckpt-36")
     evaluated = evaluation.evaluate_checkpoint(config("b", 2, mode="eval"), tmp_path / "b" / "eval")
     assert evaluated["member_test_accuracy"] == straight["member_test_accuracy"]
+
+
+def test_an_ensemble_of_bn_cnn_with_augmentation_trains_and_evaluates(tmp_path, tiny_data):
+    """`model=ensemble model.members=bn_cnn model.size=2 dataset.augment=true`, then `mode=eval`:
+    the same numbers, and the evaluation's figures."""
+    settings = [f"dataset.data_dir={tiny_data}", "model=ensemble", "model.members=bn_cnn", "model.size=2",
+                "epochs=2", "batch_size=40", "dataset.augment=true", "progress=false"]
+    trained = run_in_process(tmp_path, *settings, run_dir="run")
+    assert len(trained["member_test_accuracy"]) == 2 and trained["steps"] == 6
+    evaluated = run_in_process(tmp_path, *settings, "mode=eval", run_dir="eval")
+    assert evaluated["status"] == "evaluated" and evaluated["steps"] == 6
+    for key in ("test_accuracy", "test_loss", "member_test_accuracy"):
+        assert evaluated[key] == trained[key], key
+    for name in ("confusion_matrix.png", "per_class_accuracy.png", "misclassified.png"):
+        assert (tmp_path / "eval" / name).stat().st_size > 1000, name
 
 
 def test_augmented_run_with_cutmix_resumes_exactly_mid_epoch(tmp_path):
