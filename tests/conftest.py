@@ -33,11 +33,11 @@ def make_images(n: int, shape=(28, 28), seed=0, classes=10):
     return images, labels
 
 
-def write_idx_dataset(directory: Path, n_train=120, n_test=40, gz=True, seed=0) -> Path:
-    """The four MNIST-format files of a small generated dataset."""
+def write_idx_dataset(directory: Path, n_train=120, n_test=40, gz=True, seed=0, shape=(28, 28)) -> Path:
+    """The four MNIST-format files of a small generated dataset (of `shape` images)."""
     directory.mkdir(parents=True, exist_ok=True)
     ext = ".gz" if gz else ""
-    x, y = make_images(n_train + n_test, seed=seed)
+    x, y = make_images(n_train + n_test, shape, seed=seed)
     write_idx(directory / f"train-images-idx3-ubyte{ext}", x[:n_train])
     write_idx(directory / f"train-labels-idx1-ubyte{ext}", y[:n_train])
     write_idx(directory / f"t10k-images-idx3-ubyte{ext}", x[n_train:])

@@ -13,23 +13,6 @@ from helpers import SAMPLE_RUN, env, sigkill_then_rerun, train
 pytestmark = pytest.mark.slow
 
 
-def test_a_run_writes_its_run_directory(tmp_path, tiny_data):
-    proc = train(tmp_path, f"dataset.data_dir={tiny_data}", "epochs=2", "batch_size=32", "hydra.run.dir=run")
-    # Our lines only: none of TensorFlow's C++ start-up lines (CUDA probing, oneDNN notices).
-    for noise in ("cuInit", "cuda", "oneDNN", "absl::InitializeLog", "I0000", "E0000", "W0000"):
-        assert noise not in proc.stdout + proc.stderr, noise
-    run = tmp_path / "run"
-    assert (run / ".hydra" / "config.yaml").exists()
-    log = (run / "train.log").read_text()
-    assert "epoch 2/2" in log and "test accuracy" in log
-    assert len((run / "metrics.csv").read_text().splitlines()) == 3  # header + 2 epochs
-    results = json.loads((run / "results.json").read_text())
-    assert {"test_accuracy", "test_loss", "epochs", "steps", "train_images_per_sec"} <= results.keys()
-    assert results["steps"] == 8 and results["epochs"] == 2  # 120 examples / 32 = 4 steps
-    (ckpt,) = (tmp_path / "checkpoints").iterdir()
-    assert ckpt.name.startswith("mnist-book_cnn-lr0.001-bs32-seed0-") and (ckpt / "ckpt-8.index").exists()
-
-
 def test_missing_data_is_one_clear_line(tmp_path):
     proc = train(tmp_path, "dataset=fashion_mnist", "dataset.download=false", check=False)
     output = proc.stdout + proc.stderr
@@ -187,9 +170,11 @@ def test_sigkill_at_a_random_step_then_rerun_is_bitwise_exact(tmp_path):
     assert straight["stopped_early"] and straight["epochs"] < 12
 
 
-def test_the_readmes_train_command_works_verbatim_and_prints_what_it_shows(tmp_path):
+def test_the_readmes_train_command_works_verbatim_prints_what_it_shows_and_writes_its_run_directory(tmp_path):
     """The README's first command, as written, from a directory with the repository's tests/
-    (so nothing lands in the checkout); its epoch lines are the README's but for the timings."""
+    (so nothing lands in the checkout): its epoch lines are the README's but for the timings,
+    none of TensorFlow's C++ start-up lines shows, and its run directory (Hydra's default,
+    outputs/<date>/<time>) and checkpoint directory hold what a run writes."""
     readme = (ROOT / "README.md").read_text()
     setup = readme.split("## Set up and train", 1)[1].split("```", 2)[1]
     (command,) = [line for line in setup.splitlines() if line.startswith("python train.py")]
@@ -201,3 +186,15 @@ def test_the_readmes_train_command_works_verbatim_and_prints_what_it_shows(tmp_p
     untimed = lambda text: [line.split(" - ", 1)[1].rsplit("  ", 3)[0] for line in text.splitlines()
                             if " - epoch " in line]
     assert untimed(proc.stdout + proc.stderr) == untimed("[...]" + shown) != []
+    for noise in ("cuInit", "cuda", "oneDNN", "absl::InitializeLog", "I0000", "E0000", "W0000"):
+        assert noise not in proc.stdout + proc.stderr, noise  # our lines only
+    (run,) = (tmp_path / "outputs").glob("*/*")
+    assert (run / ".hydra" / "config.yaml").exists()
+    log = (run / "train.log").read_text()
+    assert "epoch 3/3" in log and "test accuracy" in log
+    assert len((run / "metrics.csv").read_text().splitlines()) == 4  # header + 3 epochs
+    results = json.loads((run / "results.json").read_text())
+    assert {"test_accuracy", "test_loss", "epochs", "steps", "train_images_per_sec"} <= results.keys()
+    assert results["steps"] == 54 and results["epochs"] == 3  # 1,800 training images / 100 = 18 steps
+    (ckpt,) = (tmp_path / "checkpoints").iterdir()
+    assert ckpt.name.startswith("mnist-book_cnn-lr0.001-bs100-seed0-") and (ckpt / "ckpt-54.index").exists()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import ROOT
-from helpers import env, train
+from helpers import env, run_in_process, train
 
 from cnn import data as data_lib
 from cnn.checkpointing.resume import restore_chosen
@@ -32,8 +32,8 @@ def write_png(path, image):
 @pytest.mark.slow
 def test_export_then_predict_in_a_fresh_process_gives_the_checkpoints_classes(tmp_path, tiny_data):
     settings = [f"dataset.data_dir={tiny_data}", "epochs=2", "batch_size=36", "checkpoint.dir=ckpt"]
-    train(tmp_path, *settings, "hydra.run.dir=train")
-    proc = train(tmp_path, *settings, "mode=export", "hydra.run.dir=export")
+    run_in_process(tmp_path, *settings, "progress=false", run_dir="train")
+    proc = train(tmp_path, *settings, "mode=export", "hydra.run.dir=export")  # the command line's export
     out = tmp_path / "ckpt" / "export"
     assert sorted(p.name for p in out.iterdir()) == ["export.json", "labels.txt", "model.keras", "saved_model"]
     assert not list(tmp_path.glob("ckpt/export.*"))  # no staging or previous export left over

@@ -251,11 +251,13 @@ def test_checkpoint_cadence(monkeypatch):
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_trains_with_float32_logits_and_resumes(tmp_path, precision):
     # float16 kernels are slow on CPUs (about 10 images/s; GPUs are its place): 40 generated training
-    # images (the stratified split holds 13 out) and 10 test images; two steps an epoch at batch 15.
+    # images of 12x12 pixels (the stratified split holds 13 out) and 10 test images; two steps an
+    # epoch at batch 15.
     if precision == "mixed_bfloat16":
         data_dir, batch, split = SAMPLE, 100, "dataset.validation_split=0.1"
     else:
-        data_dir, batch, split = write_idx_dataset(tmp_path / "f16", 40, 10), 15, "dataset.validation_split=0.25"
+        data_dir = write_idx_dataset(tmp_path / "f16", 40, 10, shape=(12, 12))
+        batch, split = 15, "dataset.validation_split=0.25"
     config = lambda where, epochs: make_config(tmp_path / where, split, data_dir=data_dir, epochs=epochs,
                                                batch_size=batch, precision=precision)
     try:
