@@ -48,19 +48,14 @@ def main(cfg: DictConfig) -> float:
     try:
         config = to_config(cfg)
         import_tensorflow()  # without its C++ start-up lines
-        if config.mode == "export":
-            from cnn.serving import export  # imports TensorFlow
+        from cnn.training.job import run_job
 
-            export.export_checkpoint(config, workdir)
+        results = run_job(config, workdir, started=started,  # a search's report, for a training job
+                          actions=search_actions(hydra_config, config, workdir) if config.mode == "train" else ())
+        if config.mode == "export":
             return float("nan")
         if config.mode == "eval":
-            from cnn.training import evaluate  # imports TensorFlow
-
-            return evaluate.evaluate_checkpoint(config, workdir)["test_accuracy"]
-        from cnn.training import train  # imports TensorFlow
-
-        results = train.train_and_evaluate(config, workdir, started=started,
-                                           actions=search_actions(hydra_config, config, workdir))
+            return results["test_accuracy"]
         if multirun and results.get("protocol") != "validation":
             log.warning("dataset.validation_split=0: this job's objective is its test accuracy; a sweep "
                         "that picks by it selects on the test set")

@@ -81,18 +81,12 @@ def run_in_process(tmp_path, *overrides, run_dir: str) -> dict:
     """What `python train.py <overrides> hydra.run.dir=<run_dir>` run in `tmp_path` does (trains,
     or mode=eval, mode=export), in this process, as a multirun's jobs share theirs: relative
     paths land in tmp_path. Returns the results (an export's: {})."""
-    from cnn.serving import export
-    from cnn.training import evaluate, train as training
+    from cnn.training.job import run_job
 
     config = compose(*overrides)
     (tmp_path / run_dir).mkdir(parents=True, exist_ok=True)  # as Hydra makes it
     with working_directory(tmp_path):
-        if config.mode == "export":
-            export.export_checkpoint(config, tmp_path / run_dir)
-            return {}
-        if config.mode == "eval":
-            return evaluate.evaluate_checkpoint(config, tmp_path / run_dir)
-        return training.train_and_evaluate(config, tmp_path / run_dir)
+        return run_job(config, tmp_path / run_dir)
 
 
 def sigkill_then_rerun(tmp_path, common) -> dict:

@@ -30,9 +30,12 @@ def write_png(path, image):
 
 
 @pytest.mark.slow
-def test_export_then_predict_in_a_fresh_process_gives_the_checkpoints_classes(tmp_path, tiny_data):
+def test_eval_and_export_from_the_command_line_then_predict_in_a_fresh_process_give_the_checkpoints_classes(tmp_path, tiny_data):
     settings = [f"dataset.data_dir={tiny_data}", "epochs=2", "batch_size=36", "checkpoint.dir=ckpt"]
-    run_in_process(tmp_path, *settings, "progress=false", run_dir="train")
+    trained = run_in_process(tmp_path, *settings, "progress=false", run_dir="train")
+    train(tmp_path, *settings, "mode=eval", "hydra.run.dir=eval")  # the command line's mode=eval: the same test
+    evaluated = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert (evaluated["test_accuracy"], evaluated["test_loss"]) == (trained["test_accuracy"], trained["test_loss"])
     proc = train(tmp_path, *settings, "mode=export", "hydra.run.dir=export")  # the command line's export
     out = tmp_path / "ckpt" / "export"
     assert sorted(p.name for p in out.iterdir()) == ["export.json", "labels.txt", "model.keras", "saved_model"]
